@@ -1,0 +1,231 @@
+"""Arrow schemas built from the language-neutral JSON files in ``schemas/``.
+
+The JSON files are the contract (other tools read them too); this module only
+turns them into pyarrow/polars schemas and writes and reads Parquet files that
+follow them, atomically and with the ``tracekit`` metadata key.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import OutputExistsError, SchemaError, TracekitError
+from .model import TraceInfo
+
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
+META_KEY = b"tracekit"
+
+_ARROW_TYPES = {
+    "uint8": pa.uint8(),
+    "uint16": pa.uint16(),
+    "uint32": pa.uint32(),
+    "uint64": pa.uint64(),
+    "int8": pa.int8(),
+    "int16": pa.int16(),
+    "int32": pa.int32(),
+    "int64": pa.int64(),
+    "float64": pa.float64(),
+    "bool": pa.bool_(),
+    "string": pa.large_string(),
+}
+
+
+@functools.cache
+def schema_doc(name: str) -> dict[str, Any]:
+    """The parsed JSON document ``schemas/<name>.json`` (e.g. ``trace-v1``)."""
+    path = SCHEMA_DIR / f"{name}.json"
+    return json.loads(path.read_text())
+
+
+@functools.cache
+def arrow_schema(name: str) -> pa.Schema:
+    doc = schema_doc(name)
+    return pa.schema(
+        [pa.field(c["name"], _ARROW_TYPES[c["type"]], nullable=c["nullable"]) for c in doc["columns"]]
+    )
+
+
+def polars_schema(name: str) -> dict[str, pl.DataType]:
+    """Column name -> polars dtype, in schema order."""
+    return dict(pl.Schema(pl.from_arrow(arrow_schema(name).empty_table()).schema))
+
+
+TRACE_SCHEMA = "trace-v1"
+FINDINGS_SCHEMA = "findings-v1"
+
+
+def trace_columns() -> list[str]:
+    return [c["name"] for c in schema_doc(TRACE_SCHEMA)["columns"]]
+
+
+def conform(df: pl.DataFrame, name: str, *, extra: bool = False) -> pl.DataFrame:
+    """Select and cast ``df`` to schema ``name`` (missing nullable columns become nulls).
+
+    With ``extra=True`` columns beyond the schema are kept after the schema's.
+    """
+    target = polars_schema(name)
+    cols = []
+    for col, dtype in target.items():
+        if col in df.columns:
+            cols.append(pl.col(col).cast(dtype, strict=True))
+        else:
+            cols.append(pl.lit(None, dtype=dtype).alias(col))
+    if extra:
+        cols += [pl.col(c) for c in df.columns if c not in target]
+    try:
+        return df.select(cols)
+    except pl.exceptions.PolarsError as e:  # pragma: no cover - programming error path
+        raise SchemaError(f"table does not fit schema {name}: {e}") from None
+
+
+def validate_arrow(table: pa.Table, name: str, *, where: str = "table") -> None:
+    """Raise SchemaError unless ``table`` has exactly the columns and types of ``name``."""
+    want = arrow_schema(name)
+    got = table.schema
+    for f in want:
+        idx = got.get_field_index(f.name)
+        if idx < 0:
+            raise SchemaError(f"{where}: expected column {f.name!r} ({f.type}), found none")
+        g = got.field(idx)
+        if not (g.type.equals(f.type) or (pa.types.is_string(f.type) and pa.types.is_large_string(g.type))
+                or (pa.types.is_large_string(f.type) and pa.types.is_string(g.type))):
+            raise SchemaError(f"{where}: column {f.name!r}: expected {f.type}, found {g.type}")
+        if not f.nullable and table.column(idx).null_count:
+            raise SchemaError(f"{where}: column {f.name!r} must not hold nulls")
+
+
+# --------------------------------------------------------------------------
+# Atomic output
+
+
+def check_output(path: str | os.PathLike[str], *, force: bool) -> Path:
+    """Refuse to overwrite an existing output unless ``force``; return the Path."""
+    p = Path(path)
+    if p.is_dir():
+        raise OutputExistsError(f"{p}: expected an output file, found a directory")
+    if p.exists() and not force:
+        raise OutputExistsError(f"{p}: output exists; use --force to overwrite it")
+    return p
+
+
+class AtomicPath:
+    """Context manager giving a temporary path beside ``dest``, renamed onto it on success.
+
+    Any exception removes the temporary file, so no half-written output is left.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, force: bool = False):
+        self.dest = check_output(dest, force=force)
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        parent = self.dest.parent if str(self.dest.parent) else Path(".")
+        if not parent.is_dir():
+            raise OutputExistsError(f"{self.dest}: the output folder {parent} does not exist")
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is None:
+            os.replace(self.tmp, self.dest)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def metadata_for(info: TraceInfo, schema: str, **extra: Any) -> dict[bytes, bytes]:
+    doc = schema_doc(schema)
+    payload = json.loads(info.to_json())
+    payload.update(
+        schema=doc["name"], schema_version=doc["version"], tracekit_version=__version__, **extra
+    )
+    return {META_KEY: json.dumps(payload, sort_keys=True).encode()}
+
+
+def write_table(
+    batches: pl.DataFrame | Iterable[pl.DataFrame],
+    dest: str | os.PathLike[str],
+    *,
+    schema: str,
+    info: TraceInfo,
+    force: bool = False,
+    extra_columns: bool = False,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write one or many frames as ONE Parquet file following ``schema``, atomically.
+
+    Frames are conformed to the schema (extra columns kept only with
+    ``extra_columns``). String columns are dictionary-encoded by the Parquet
+    writer; row groups follow the schema's ``row_group_size``.
+    """
+    if isinstance(batches, pl.DataFrame):
+        batches = [batches]
+    row_group = int(schema_doc(schema).get("row_group_size", 1 << 20))
+    meta = metadata_for(info, schema, **(extra_metadata or {}))
+    with AtomicPath(dest, force=force) as tmp:
+        writer = None
+        try:
+            for df in batches:
+                table = conform(df, schema, extra=extra_columns).to_arrow()
+                if not extra_columns:
+                    table = table.cast(arrow_schema(schema))
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        tmp, table.schema.with_metadata(meta), compression="zstd", use_dictionary=True
+                    )
+                writer.write_table(table.replace_schema_metadata(meta), row_group_size=row_group)
+            if writer is None:  # no batches: an empty but valid file
+                empty = conform(pl.DataFrame(), schema).to_arrow().cast(arrow_schema(schema))
+                writer = pq.ParquetWriter(tmp, empty.schema.with_metadata(meta), compression="zstd")
+                writer.write_table(empty.replace_schema_metadata(meta))
+        finally:
+            if writer is not None:
+                writer.close()
+    return Path(dest)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``tracekit`` JSON metadata of a Parquet file written by tracekit."""
+    try:
+        md = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid) as e:
+        raise TracekitError(f"{path}: expected a Parquet file written by tracekit, found: {e}") from None
+    if META_KEY not in md:
+        raise TracekitError(f"{path}: expected tracekit metadata (key 'tracekit'), found none")
+    return json.loads(md[META_KEY])
+
+
+def read_trace_info(path: str | os.PathLike[str]) -> TraceInfo:
+    return TraceInfo.from_dict(read_metadata(path))
+
+
+def describe(name: str) -> str:
+    """Human-readable documentation of a schema (``tracekit schema``)."""
+    doc = schema_doc(name)
+    out = [f"{doc['name']} version {doc['version']}", "", doc["description"], ""]
+    if "notebook_hints" in doc:
+        out += ["In a notebook: " + doc["notebook_hints"], ""]
+    width = max(len(c["name"]) for c in doc["columns"])
+    for c in doc["columns"]:
+        null = "nullable" if c["nullable"] else "required"
+        out.append(f"  {c['name']:<{width}}  {c['type']:<7} {null}")
+        out.append(f"  {'':<{width}}  {c['meaning']}")
+        if "allowed" in c:
+            out.append(f"  {'':<{width}}  allowed: {', '.join(c['allowed'])}")
+    md = doc.get("metadata")
+    if md:
+        out += ["", f"Metadata key {md['key']!r} ({md['encoding']}):"]
+        out += [f"  {k}: {v}" for k, v in md["fields"].items()]
+    return "\n".join(out) + "\n"
