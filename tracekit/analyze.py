@@ -1,0 +1,223 @@
+"""`analyze`: resolve a trace once, replay it under each mitigation, keep the findings.
+
+The trace is read and resolved once; each mitigation transforms the resolved
+frame and is replayed by the chosen engine. The result is an :class:`Analysis`
+that a notebook can query (``.findings`` is a polars frame in findings-v1) and
+the CLI writes as one Parquet file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import polars as pl
+
+from . import __version__
+from ._progress import progress
+from .engine import ENGINES, SPECULATION_MODELS, get_engine
+from .errors import UsageError
+from .findings import CAUSE_TITLES, explain, matrix
+from .model import TraceInfo
+from .resolve import resolve
+from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_metadata, write_table
+
+
+@dataclass
+class Analysis:
+    """Findings of one trace under one or more mitigations, with costs and provenance."""
+
+    findings: pl.DataFrame
+    costs: dict[str, Any]  # spec -> MitigationCost
+    meta: dict[str, Any]
+    info: TraceInfo
+    events: pl.DataFrame | None = None  # the resolved trace (None when loaded from a findings file)
+    transformed: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @property
+    def mitigations(self) -> list[str]:
+        return list(self.meta.get("mitigations", []))
+
+    def matrix(self) -> pl.DataFrame:
+        """Counts per mitigation x (kind, cause)."""
+        return matrix(self.findings, self.mitigations)
+
+    def ranges(self) -> pl.DataFrame:
+        """Contiguous lines needing the same maintenance in the same window (tracekit.ranges)."""
+        from .ranges import ranges
+
+        return ranges(self.findings, self.info.line_size)
+
+    def compare(self) -> dict[str, dict[str, pl.DataFrame]]:
+        """Per mitigation: the findings of `none` it fixes and the ones it introduces."""
+        key = ["seq", "line", "kind", "cause"]
+        base = self.findings.filter(pl.col("mitigation") == "none")
+        out = {}
+        for m in self.mitigations:
+            if m == "none":
+                continue
+            mine = self.findings.filter(pl.col("mitigation") == m)
+            out[m] = {
+                "fixed": base.join(mine.select(key), on=key, how="anti"),
+                "introduced": mine.join(base.select(key), on=key, how="anti"),
+            }
+        return out
+
+    def write(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+        """Write the findings as one Parquet file (findings-v1) with the run's metadata."""
+        meta = {k: v for k, v in self.meta.items() if k not in _INFO_KEYS}
+        return write_table(self.findings, path, schema=FINDINGS_SCHEMA, info=self.info, force=force,
+                           extra_metadata=meta)
+
+    def summary(self, first: int = 3) -> str:
+        """Short human summary: counts per mitigation, kind and cause, the first findings explained."""
+        return summary_text(self, first=first)
+
+    def _repr_html_(self) -> str:
+        try:
+            from .reports.html import analysis_html
+        except ImportError:  # pragma: no cover - reports are part of the package
+            return "<pre>" + self.summary() + "</pre>"
+        return analysis_html(self)
+
+
+_INFO_KEYS = {"line_size", "stage2", "fwb", "regions", "devices", "inputs", "schema", "schema_version"}
+
+
+def _load_trace(trace: Any, *, quiet: bool):
+    from .trace import Trace, load
+
+    if isinstance(trace, Trace):
+        return trace
+    return load(trace, options=None) if not isinstance(trace, (list, tuple)) else load(list(trace))
+
+
+def expand_mitigations(specs: Iterable[str]) -> list[str]:
+    """Expand `all` and validate every name; keep order, drop repeats."""
+    from .mitigations import expand, parse_spec
+
+    out: list[str] = []
+    for spec in specs:
+        names = expand(spec) if spec == "all" else [spec]
+        for s in names:
+            parse_spec(s)  # raises UnknownMitigationError
+            if s not in out:
+                out.append(s)
+    return out or ["none"]
+
+
+def analyze(
+    trace: Any,
+    mitigations: Sequence[str] = ("none",),
+    *,
+    engine: str = "fast",
+    speculation: str = "architectural",
+    line_size: int | None = None,
+    quiet: bool = True,
+    keep_transformed: bool = False,
+) -> Analysis:
+    """Replay ``trace`` (a Trace, a trace Parquet file, or any input `ingest` accepts).
+
+    Parameters
+    ----------
+    mitigations
+        Mitigation specs (``none``, ``mair-trap``, ``kvm-cache-toggle+guest-boot-inval``, ``all``).
+    engine
+        ``fast`` (default) or ``reference``; both give identical findings.
+    speculation
+        ``architectural`` (what the architecture permits) or ``observed``.
+    line_size
+        Override the trace's line size.
+    keep_transformed
+        Keep each mitigation's transformed event frame in ``Analysis.transformed``.
+    """
+    from .mitigations import apply_mitigation
+
+    if engine not in ENGINES:
+        raise UsageError(f"--engine: expected one of {', '.join(ENGINES)}, found {engine!r}")
+    if speculation not in SPECULATION_MODELS:
+        raise UsageError(
+            f"--speculation: expected one of {', '.join(SPECULATION_MODELS)}, found {speculation!r}")
+    if line_size is not None and (line_size < 4 or line_size & (line_size - 1) or line_size > 4096):
+        raise UsageError(f"--line-size: expected a power of two between 4 and 4096, found {line_size}")
+    specs = expand_mitigations(mitigations)
+    tr = _load_trace(trace, quiet=quiet)
+    info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
+    resolved = resolve(tr.events, info)
+    replay = get_engine(engine)
+    frames, costs, transformed = [], {}, {}
+    for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
+        mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
+        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation))
+        costs[spec] = cost
+        if keep_transformed:
+            transformed[spec] = mitigated
+    findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA)
+    meta = {
+        "trace": tr.source,
+        "trace_sha256": tr.sha256,
+        "line_size": info.line_size,
+        "speculation": speculation,
+        "engine": engine,
+        "mitigations": specs,
+        "costs": {s: c.to_dict() for s, c in costs.items()},
+        "tracekit_version": __version__,
+    }
+    return Analysis(findings, costs, meta, info, resolved, transformed)
+
+
+def write_transformed(analysis: Analysis, path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write each mitigation's transformed trace into ONE Parquet file with a `mitigation` column."""
+    frames = [f.with_columns(mitigation=pl.lit(spec)) for spec, f in analysis.transformed.items()]
+    return write_table(frames, path, schema=TRACE_SCHEMA, info=analysis.info, force=force, extra_columns=True)
+
+
+def load_analysis(path: str | os.PathLike[str]) -> Analysis:
+    """Read a findings file written by `tracekit analyze` back into an Analysis."""
+    from .mitigations import MitigationCost
+
+    meta = read_metadata(path)
+    findings = conform(pl.read_parquet(path), FINDINGS_SCHEMA)
+    info = TraceInfo.from_dict(meta)
+    costs = {s: MitigationCost.from_dict(c) for s, c in meta.get("costs", {}).items()}
+    return Analysis(findings, costs, meta, info)
+
+
+def summary_text(a: Analysis, *, first: int = 3) -> str:
+    m = a.meta
+    lines = [
+        f"trace {m.get('trace')}  sha256 {str(m.get('trace_sha256'))[:16]}",
+        f"line size {a.info.line_size}  speculation {m.get('speculation')}  engine {m.get('engine')}  "
+        f"stage 2 {'on' if a.info.stage2 else 'off'}",
+        "",
+    ]
+    mat = a.matrix()
+    present = [c for c in mat.columns[1:-1] if mat[c].sum() > 0]
+    lines.append("findings per mitigation and (kind/cause):")
+    width = max([len("mitigation")] + [len(s) for s in mat["mitigation"]])
+    for row in mat.iter_rows(named=True):
+        parts = [f"{c}={row[c]}" for c in present if row[c]]
+        lines.append(f"  {row['mitigation']:<{width}}  {row['total']:>6}  " + ("  ".join(parts) or "clean"))
+    comparison = a.compare() if "none" in a.mitigations else {}
+    if comparison:
+        lines += ["", "against none (fixed / introduced):"]
+        for spec, d in comparison.items():
+            cost = a.costs.get(spec)
+            extra = ""
+            if cost is not None:
+                extra = (f"  cost: traps {sum(cost.traps.values())}, inserted ops {cost.inserted_ops} "
+                         f"over {cost.inserted_lines} lines, retyped accesses {cost.retyped_accesses}")
+            lines.append(f"  {spec:<{width}}  fixes {d['fixed'].height}, introduces {d['introduced'].height}{extra}")
+    for spec in a.mitigations:
+        sub = a.findings.filter(pl.col("mitigation") == spec)
+        if sub.height == 0:
+            continue
+        lines += ["", f"first findings under {spec}:"]
+        for row in sub.head(first).iter_rows(named=True):
+            where = f"{row['src']}:{row['src_line']}" if row["src_line"] is not None else row["src"]
+            title = CAUSE_TITLES.get((row["kind"], row["cause"]), row["cause"])
+            lines.append(f"  seq {row['seq']} ({where}) {title}")
+            lines.append(f"    {explain(row)}")
+    return "\n".join(lines) + "\n"
