@@ -1,1 +1,82 @@
-"""Placeholder: the owner of this command fills it in."""
+"""`tracekit analyze`: replay a trace under mitigations and report the findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import app, errors_handled, fail
+
+
+@app.command()
+@errors_handled
+def analyze(
+    inputs: List[Path] = typer.Argument(..., help="A trace Parquet file, or inputs `ingest` accepts (ingested on the fly).",
+                                        show_default=False),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the findings here (Parquet, findings-v1)."),
+    mitigation: List[str] = typer.Option(["none"], "-m", "--mitigation",
+                                         help="Mitigation to replay (repeatable; 'a+b' combines; 'all' is the catalog)."),
+    speculation: str = typer.Option("architectural", help="architectural (what Arm permits) or observed (one run)."),
+    line_size: Optional[int] = typer.Option(None, help="Cache line size in bytes (default: the trace's)."),
+    engine: str = typer.Option("fast", help="fast or reference (same findings)."),
+    emit_trace: Optional[Path] = typer.Option(None, help="Write each mitigation's transformed trace here (Parquet)."),
+    report: Optional[Path] = typer.Option(None, help="Also write a report to this file."),
+    report_format: Optional[str] = typer.Option(None, "--format", help="Report format: text, markdown, html, json "
+                                                "(default: from the --report suffix)."),
+    fail_on: Optional[str] = typer.Option(None, help="Exit 1 when findings of these kinds remain "
+                                          "(comma-separated: stale-read,lost-write,stale-ifetch)."),
+    input_format: Optional[str] = typer.Option(None, help="Input format when ingesting on the fly (default: detect)."),
+    concat: bool = typer.Option(False, help="Append several inputs in order instead of merging by timestamp."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary on stdout."),
+) -> None:
+    """Replay INPUT against the cache model under each mitigation; print a summary.
+
+    Exit status: 0 when the analysis ran (findings or not), 1 when --fail-on
+    kinds remain, 2 for bad input.
+    """
+    from ..analyze import analyze as run, write_transformed
+    from ..errors import UsageError
+    from ..model import KINDS
+    from ..schema import check_output
+    from ..trace import load
+
+    kinds: list[str] = []
+    if fail_on:
+        kinds = [k.strip() for k in fail_on.split(",") if k.strip()]
+        for k in kinds:
+            if k not in KINDS:
+                raise UsageError(f"--fail-on: expected kinds among {', '.join(KINDS)}, found {k!r}")
+    for out in (output, emit_trace, report):
+        if out is not None:
+            check_output(out, force=force)
+    trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format, concat=concat)
+    result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
+                 keep_transformed=emit_trace is not None)
+    if output is not None:
+        result.write(output, force=force)
+    if emit_trace is not None:
+        write_transformed(result, emit_trace, force=force)
+    if report is not None:
+        from ..reports import write_report
+
+        write_report(result, report_format or _format_of(report), report, force=force)
+    if not quiet:
+        typer.echo(result.summary(), nl=False)
+    if kinds:
+        remaining = result.findings.filter(result.findings["kind"].is_in(kinds))
+        if remaining.height:
+            typer.echo(f"tracekit: {remaining.height} finding(s) of kind {', '.join(kinds)} remain "
+                       f"under {', '.join(result.mitigations)}", err=True)
+            raise typer.Exit(1)
+
+
+def _format_of(path: Path) -> str:
+    suffix = path.suffix.lower().lstrip(".")
+    known = {"txt": "text", "text": "text", "md": "markdown", "markdown": "markdown", "html": "html",
+             "htm": "html", "json": "json"}
+    if suffix not in known:
+        raise fail(f"{path}: cannot tell the report format from the suffix; give --format")
+    return known[suffix]
