@@ -1,0 +1,256 @@
+"""Every mitigation on random traces, against plain-Python statements of section 6.
+
+The vectorised transformations are compared with straightforward loops over the
+(small) random traces of tests/strategies.py: which lines each inserted
+operation must cover, at which anchor, on which side of it; which events
+are removed; which types change. Plus the structural contract of inserted
+events (docs/architecture.md) for every catalog entry and some combinations.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from strategies import traces
+from tracekit.mitigations import BUILTIN_ORDER, apply_mitigation
+from tracekit.model import SET_WAY_OPS
+from tracekit.resolve import resolve
+
+SETTINGS = dict(max_examples=60, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SPECS = [*BUILTIN_ORDER, "kvm-cache-toggle+guest-boot-inval", "host-cmo+guest-dma-cmo+kvm-fault-clean"]
+M, C = 1, 4
+
+
+def lines_of(addr, size, ls, zva=False):
+    if zva:
+        return {addr // ls}
+    return set(range(addr // ls, (addr + size - 1) // ls + 1))
+
+
+def covered(rows, ls):
+    """{(acting agent, seq, before): set of lines} of inserted rows."""
+    out = defaultdict(set)
+    for r in rows:
+        acting = r["agent"].split("/")[0]
+        out[(acting, r["seq"], r["sub"] < 0, r["cmo"])] |= lines_of(r["addr"], r["size"], ls)
+    return dict(out)
+
+
+def recorded_rows(frame):
+    return frame.filter(pl.col("sub") == 0).to_dicts()
+
+
+def recorded_trace(trace):
+    """A drawn trace without the pre-inserted rows some draws carry (they test the engines, not us)."""
+    events, info = trace
+    if "sub" in events.columns:
+        events = events.filter(pl.col("sub") == 0).drop("sub")
+    return events, info
+
+
+def is_write(r):
+    return r["op"] == "write" or (r["op"] == "cmo" and r["cmo"] == "dc.zva")
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50), spec=st.sampled_from(SPECS))
+def test_inserted_events_follow_the_contract(trace, spec):
+    """Sorted by (seq, sub); inserted rows are cmo with sub != 0, ACTING/NAME agents of the acting side,
+    anchored at a recorded seq; recorded rows keep their seq and order (only set/way ops may go)."""
+    events, info = recorded_trace(trace)
+    resolved = resolve(events, info)
+    frame, _, cost = apply_mitigation(resolved, spec, info)
+    assert frame.columns == resolved.columns and frame.schema == resolved.schema
+    keys = frame.select("seq", "sub").rows()
+    assert keys == sorted(keys) and len(set(keys)) <= len(keys)
+    ins = frame.filter(pl.col("sub") != 0)
+    names = spec.split("+")
+    seqs = set(resolved["seq"].to_list())
+    for r in ins.to_dicts():
+        acting, _, name = r["agent"].partition("/")
+        assert name in names and r["op"] == "cmo" and r["side"] == acting.split(".")[0]
+        assert r["seq"] in seqs and r["mem_type"] is None
+        k = names.index(name) + 1
+        lo, hi = (-(len(names) - k + 1) * 64, -(len(names) - k) * 64 - 1) if r["sub"] < 0 else \
+            ((len(names) - k) * 64 + 1, (len(names) - k + 1) * 64)
+        assert lo <= r["sub"] <= hi
+    kept = frame.filter(pl.col("sub") == 0)
+    gone = resolved.join(kept.select("seq"), on="seq", how="anti")
+    if "kvm-cache-toggle" in names:
+        assert set(gone["cmo"].to_list()) <= set(SET_WAY_OPS) and (gone["side"] == "guest").all()
+    else:
+        assert gone.height == 0
+    assert cost.inserted_ops == ins.height and cost.removed_ops == gone.height
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50))
+def test_boot_inval_covers_each_mmu_off_line_at_the_next_enable(trace):
+    """Section 6: per vCPU, each line written with M = 0 gets a DC IVAC by that vCPU just before its next
+    SCTLR_EL1 write setting M (or after the last event), and nothing else is inserted."""
+    events, info = recorded_trace(trace)
+    ls = info.line_size
+    resolved = resolve(events, info)
+    frame, _, _ = apply_mitigation(resolved, "guest-boot-inval", info)
+    last = resolved["seq"].max()
+    sctlr: dict[str, int] = defaultdict(int)
+    pending: dict[str, set] = defaultdict(set)
+    want = defaultdict(set)
+    for r in recorded_rows(resolved):
+        if r["side"] != "guest":
+            continue
+        a = r["agent"]
+        if r["op"] == "sysreg" and r["sysreg"] == "SCTLR_EL1":
+            if not sctlr[a] & M and r["value"] & M and pending[a]:
+                want[(a, r["seq"], True, "dc.ivac")] |= pending.pop(a)
+            sctlr[a] = r["value"]
+        elif is_write(r) and r["addr"] is not None and not sctlr[a] & M:
+            pending[a] |= lines_of(r["addr"], r["size"], ls, r["op"] == "cmo")
+    for a, lines in pending.items():
+        if lines:
+            want[(a, last, False, "dc.ivac")] |= lines
+    assert covered(frame.filter(pl.col("sub") != 0).to_dicts(), ls) == dict(want)
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50))
+def test_kvm_fault_clean_cleans_each_page_before_its_first_guest_access(trace):
+    """Section 6: first guest access (any vCPU) to each 4 KiB RAM page: DC CIVAC of the page before it,
+    IC IVAU of it too when that access is an instruction fetch."""
+    events, info = recorded_trace(trace)
+    ls = info.line_size
+    resolved = resolve(events, info)
+    frame, _, cost = apply_mitigation(resolved, "kvm-fault-clean", info)
+    seen: set[int] = set()
+    want = defaultdict(set)
+    for r in recorded_rows(resolved):
+        typed = r["op"] in ("read", "write", "ifetch") or r["cmo"] == "dc.zva"
+        if r["side"] != "guest" or not typed or r["region_kind"] != "ram":
+            continue
+        last = r["addr"] if r["op"] == "cmo" else r["addr"] + r["size"] - 1
+        for page in range(r["addr"] // 4096, last // 4096 + 1):
+            if page not in seen:
+                seen.add(page)
+                page_lines = set(range(page * 4096 // ls, (page + 1) * 4096 // ls))
+                want[("host.kvm", r["seq"], True, "dc.civac")] |= page_lines
+                if r["op"] == "ifetch":
+                    want[("host.kvm", r["seq"], True, "ic.ivau")] |= page_lines
+    ins = frame.filter(pl.col("sub") != 0)
+    assert covered(ins.to_dicts(), ls) == dict(want)
+    assert cost.traps.get("stage-2 fault", 0) == len(seen)
+    # every IC IVAU of a page comes after its clean
+    for r in ins.filter(pl.col("cmo") == "ic.ivau").to_dicts():
+        clean = ins.filter((pl.col("seq") == r["seq"]) & (pl.col("cmo") == "dc.civac")
+                           & (pl.col("addr") <= r["addr"]) & (pl.col("addr") + pl.col("size") > r["addr"]))
+        assert clean.height == 1 and clean["sub"][0] < r["sub"]
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50))
+def test_kvm_cache_toggle_matches_the_state_machine(trace):
+    """Section 6, as a loop per vCPU: trapping on at reset; trapped SCTLR write toggling M+C -> flush before;
+    caches on -> trapping off; set/way removed, with trapping off -> flush and trapping on."""
+    events, info = recorded_trace(trace)
+    resolved = resolve(events, info)
+    frame, _, cost = apply_mitigation(resolved, "kvm-cache-toggle", info)
+    sctlr: dict[str, int] = defaultdict(int)
+    trapping: dict[str, bool] = defaultdict(lambda: True)
+    flushes, traps = [], defaultdict(int)
+    tvm = {"SCTLR_EL1", "TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "ESR_EL1", "FAR_EL1", "AFSR0_EL1", "AFSR1_EL1",
+           "MAIR_EL1", "AMAIR_EL1", "CONTEXTIDR_EL1"}
+    for r in recorded_rows(resolved):
+        if r["side"] != "guest":
+            continue
+        a = r["agent"]
+        if r["op"] == "sysreg" and r["sysreg"] in tvm:
+            if trapping[a]:
+                traps[r["sysreg"]] += 1
+            if r["sysreg"] == "SCTLR_EL1":
+                was, now = (sctlr[a] & (M | C)) == M | C, (r["value"] & (M | C)) == M | C
+                if trapping[a] and was != now:
+                    flushes.append(r["seq"])
+                if trapping[a] and now:
+                    trapping[a] = False
+                sctlr[a] = r["value"]
+        elif r["op"] == "cmo" and r["cmo"] in SET_WAY_OPS:
+            traps[r["cmo"].upper().replace(".", " ")] += 1
+            if not trapping[a]:
+                flushes.append(r["seq"])
+                trapping[a] = True
+    ins = frame.filter(pl.col("sub") != 0)
+    assert ins["seq"].to_list() == flushes
+    assert set(ins["cmo"]) <= {"ram.civac"} and ins["addr"].is_null().all()
+    assert cost.traps == dict(traps)
+    assert frame.filter((pl.col("side") == "guest") & pl.col("cmo").is_in(list(SET_WAY_OPS))).height == 0
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50), spec=st.sampled_from(["host-cmo", "guest-dma-cmo"]))
+def test_shared_region_maintenance_per_access(trace, spec):
+    """host-cmo: CIVAC before host reads, CVAC after host writes; guest-dma-cmo: IVAC before guest reads,
+    CVAC after guest writes; each of the access's lines, shared regions only, by the accessing agent."""
+    events, info = recorded_trace(trace)
+    ls = info.line_size
+    resolved = resolve(events, info)
+    frame, _, _ = apply_mitigation(resolved, spec, info)
+    side = "host" if spec == "host-cmo" else "guest"
+    read_op = "dc.civac" if spec == "host-cmo" else "dc.ivac"
+    want = {}
+    for r in recorded_rows(resolved):
+        if r["side"] != side or not r["shared"] or r["addr"] is None:
+            continue
+        if r["op"] == "read":
+            want[(r["agent"], r["seq"], True, read_op)] = lines_of(r["addr"], r["size"], ls)
+        elif is_write(r):
+            want[(r["agent"], r["seq"], False, "dc.cvac")] = lines_of(r["addr"], r["size"], ls, r["op"] == "cmo")
+    assert covered(frame.filter(pl.col("sub") != 0).to_dicts(), ls) == want
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50), spec=st.sampled_from(["mair-trap", "coherent-device", "host-uncached", "s2fwb"]))
+def test_type_mitigations_postconditions(trace, spec):
+    """The retyping mitigations insert nothing and leave exactly the types section 6 says."""
+    events, info = recorded_trace(trace)
+    resolved = resolve(events, info)
+    frame, minfo, cost = apply_mitigation(resolved, spec, info)
+    assert frame.height == resolved.height and cost.inserted_ops == 0
+    before = {r["seq"]: r for r in recorded_rows(resolved)}
+    for r in recorded_rows(frame):
+        b = before[r["seq"]]
+        typed = r["mem_type"] is not None
+        guest_typed = r["side"] == "guest" and r["s1_decl"] is not None
+        if spec == "mair-trap":
+            if guest_typed and b["type_source"] in ("mair", "attr") and b["s1_decl"] in ("nc", "wt"):
+                assert r["s1_decl"] == "wb"
+            else:
+                assert r["s1_decl"] == b["s1_decl"]
+            if b["type_source"] == "mmu-off" or r["side"] != "guest":
+                assert r["mem_type"] == b["mem_type"]
+        elif spec == "coherent-device":
+            data = r["op"] in ("read", "write") or r["cmo"] == "dc.zva"
+            if guest_typed and data and r["shared"] and r["sctlr"] & M:
+                assert r["s1_decl"] == "wb"
+            else:
+                assert r["s1_decl"] == b["s1_decl"] and r["mem_type"] == b["mem_type"]
+        elif spec == "host-uncached":
+            if r["shared"]:
+                assert r["host_cacheable"] is False
+                if r["side"] == "host" and typed:
+                    assert r["path"] == "N"
+            else:
+                assert r["host_cacheable"] == b["host_cacheable"] and r["mem_type"] == b["mem_type"]
+            assert all(x.host in ("nc", "none", "dev-ngnrne", "dev-ngnre", "dev-ngre", "dev-gre")
+                       for x in minfo.regions if x.shared)
+        elif spec == "s2fwb":
+            assert minfo.fwb
+            if guest_typed and r["region_kind"] == "ram":
+                assert r["mem_type"] == "wb" and r["fwb"]
+            elif r["side"] != "guest" or r["region_kind"] != "ram":
+                assert r["mem_type"] == b["mem_type"]
+    changed = sum(1 for r in recorded_rows(frame) if r["mem_type"] != before[r["seq"]]["mem_type"])
+    assert cost.retyped_accesses == changed

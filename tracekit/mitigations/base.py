@@ -1,0 +1,596 @@
+"""What every mitigation is and the machinery they share.
+
+A mitigation is a transformation of the *resolved* event frame before replay
+(coherence model section 6): it rewrites memory types, inserts maintenance
+events, removes events, or changes the trace-wide settings. This module holds
+
+* :class:`Mitigation`, the record the catalog and ``tracekit mitigations`` list;
+* :class:`MitigationContext`, what a mitigation knows while it acts (its
+  position ``k`` of ``n`` in a ``+`` combination, the trace settings);
+* :func:`insertion_sub`, the ordering rule of docs/architecture.md;
+* :func:`inserted_events`, which turns a small frame of *anchors* into cmo
+  rows carrying every resolved column (region columns by a join on the
+  regions, so an inserted event looks exactly like a recorded one);
+* :class:`MitigationCost` and :func:`mitigation_cost`, the generic cost
+  computed by comparing the frame before and after (docs/mitigations.md);
+* the registry (:data:`MITIGATIONS`, :func:`register_mitigation`), the spec
+  parser and :func:`apply_mitigation`.
+
+Everything is vectorised: mitigations build polars plans; no Python code runs
+per event.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import polars as pl
+
+from ..errors import TracekitError, UnknownMitigationError
+from ..model import TraceInfo
+
+Frame = pl.LazyFrame | pl.DataFrame
+
+#: Who performs a mitigation ("—" only for `none`).
+ACTORS = ("—", "guest", "hypervisor", "QEMU", "hardware")
+
+#: Sub values each mitigation of a combination owns on each side of an anchor
+#: (docs/architecture.md, "Order of inserted events").
+SUB_BLOCK = 64
+
+#: Events that carry a memory type: accesses and DC ZVA (a write of zeros).
+ACCESS_OPS = ("read", "write", "ifetch")
+
+#: Registers whose guest writes trap while HCR_EL2.TVM is set (Arm ARM D13.2.46).
+TVM_REGISTERS = (
+    "SCTLR_EL1", "TTBR0_EL1", "TTBR1_EL1", "TCR_EL1", "ESR_EL1", "FAR_EL1", "AFSR0_EL1",
+    "AFSR1_EL1", "MAIR_EL1", "AMAIR_EL1", "CONTEXTIDR_EL1",
+)
+
+
+class MitigationError(TracekitError):
+    """A mitigation could not be applied (a custom one broke the frame, or a limit was hit)."""
+
+
+# --------------------------------------------------------------------------
+# Ordering of inserted events
+
+
+def insertion_sub(k: int, n: int, j: int, before: bool) -> int:
+    """The ``sub`` of the ``j``-th event that mitigation ``k`` of ``n`` inserts at an anchor.
+
+    Before the anchor ``-((n - k + 1) * 64 - j)``, after it ``(n - k) * 64 + 1 + j``
+    (docs/architecture.md): a later mitigation acts closer to the anchor, and one
+    mitigation's events keep their own order.
+    """
+    if not 1 <= k <= n:
+        raise ValueError(f"mitigation position: expected 1 <= k <= n, found k={k}, n={n}")
+    if not 0 <= j < SUB_BLOCK:
+        raise ValueError(f"inserted event index: expected 0 <= j < {SUB_BLOCK}, found {j}")
+    if before:
+        return -((n - k + 1) * SUB_BLOCK - j)
+    return (n - k) * SUB_BLOCK + 1 + j
+
+
+def sub_expr(k: int, n: int, j: pl.Expr, before: pl.Expr | bool) -> pl.Expr:
+    """:func:`insertion_sub` as a polars expression over a column of ``j`` (and of ``before``).
+
+    ``j`` is clamped to 63. A mitigation may only exceed 64 events at one anchor
+    with events of one operation on disjoint lines, whose order among
+    themselves does not matter (see docs/mitigations.md, "Order").
+    """
+    j = j.cast(pl.Int64).clip(0, SUB_BLOCK - 1)
+    before_sub = -((n - k + 1) * SUB_BLOCK - j)
+    after_sub = (n - k) * SUB_BLOCK + 1 + j
+    if isinstance(before, bool):
+        return (before_sub if before else after_sub).cast(pl.Int32)
+    return pl.when(before).then(before_sub).otherwise(after_sub).cast(pl.Int32)
+
+
+# --------------------------------------------------------------------------
+# Context and record
+
+
+@dataclass(frozen=True)
+class MitigationContext:
+    """What a mitigation knows while it acts.
+
+    ``info`` is the trace settings *after* this mitigation's own settings change
+    (``s2fwb`` sets ``fwb``; ``host-uncached`` maps shared regions Non-cacheable);
+    ``info_before`` the settings it found.
+    """
+
+    info: TraceInfo
+    k: int = 1  # 1-based position in the combination
+    n: int = 1  # number of mitigations in the combination
+    spec: str = ""  # the whole combination, e.g. "kvm-cache-toggle+guest-boot-inval"
+    name: str = ""  # this mitigation's name
+    info_before: TraceInfo | None = None
+
+    @property
+    def line_size(self) -> int:
+        return self.info.line_size
+
+    def sub(self, j: pl.Expr | int, *, before: pl.Expr | bool) -> pl.Expr:
+        """Sub of inserted event(s) number ``j`` at their anchor (vectorised insertion_sub)."""
+        return sub_expr(self.k, self.n, j if isinstance(j, pl.Expr) else pl.lit(j), before)
+
+    def agent(self, acting: pl.Expr | str) -> pl.Expr:
+        """``ACTING_AGENT/MITIGATION``, the agent of the events this mitigation inserts."""
+        acting = acting if isinstance(acting, pl.Expr) else pl.lit(acting)
+        return acting + pl.lit("/" + self.name)
+
+
+ApplyFn = Callable[[Frame, MitigationContext], Frame]
+TrapsFn = Callable[[Frame, MitigationContext], Mapping[str, int]]
+InfoFn = Callable[[TraceInfo], TraceInfo]
+
+
+@dataclass(frozen=True)
+class Mitigation:
+    """One entry of the catalog: who acts, what it changes, what it cannot do, and how.
+
+    ``apply(frame, ctx)`` returns the transformed frame (lazy or eager, same
+    columns). ``traps(frame, ctx)`` counts the traps the mitigation takes on the
+    frame it is given (before it acts). ``update_info(info)`` changes the trace
+    settings (FWB, host mappings).
+    """
+
+    name: str
+    actor: str
+    changes: str  # one sentence
+    limits: str  # what it cannot fix or what it may break
+    apply: ApplyFn
+    traps: TrapsFn | None = None
+    update_info: InfoFn | None = None
+    builtin: bool = False
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "actor": self.actor, "changes": self.changes, "limits": self.limits}
+
+
+# --------------------------------------------------------------------------
+# Cost
+
+
+@dataclass
+class MitigationCost:
+    """What a mitigation costs beside what it fixes (docs/mitigations.md, "Cost").
+
+    ``traps``: trap name -> count. ``inserted_ops``: maintenance events inserted
+    (a by-address range is one operation). ``inserted_lines``: the lines they
+    cover, summed over operations (a whole-RAM ``ram.civac`` covers every RAM
+    line the trace touches). ``retyped_accesses``: accesses whose memory type
+    changed, ``retyped`` the same by ``{from, to, count}``. ``removed_ops``:
+    recorded events removed (set/way operations KVM emulates).
+    """
+
+    traps: dict[str, int] = field(default_factory=dict)
+    inserted_ops: int = 0
+    inserted_lines: int = 0
+    retyped_accesses: int = 0
+    retyped: list[dict[str, Any]] = field(default_factory=list)
+    removed_ops: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "traps": dict(self.traps),
+            "inserted_ops": self.inserted_ops,
+            "inserted_lines": self.inserted_lines,
+            "retyped_accesses": self.retyped_accesses,
+            "retyped": [dict(r) for r in self.retyped],
+            "removed_ops": self.removed_ops,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MitigationCost":
+        return cls(
+            traps={str(k): int(v) for k, v in dict(d.get("traps", {})).items()},
+            inserted_ops=int(d.get("inserted_ops", 0)),
+            inserted_lines=int(d.get("inserted_lines", 0)),
+            retyped_accesses=int(d.get("retyped_accesses", 0)),
+            retyped=[{"from": r["from"], "to": r["to"], "count": int(r["count"])} for r in d.get("retyped", [])],
+            removed_ops=int(d.get("removed_ops", 0)),
+        )
+
+    @property
+    def trap_count(self) -> int:
+        return sum(self.traps.values())
+
+    def describe(self) -> str:
+        """One line for summaries: traps, maintenance, retyped accesses."""
+        traps = ", ".join(f"{k} {v}" for k, v in sorted(self.traps.items())) or "none"
+        retyped = ", ".join(f"{r['from']}->{r['to']} {r['count']}" for r in self.retyped)
+        parts = [f"traps: {traps}",
+                 f"maintenance inserted: {self.inserted_ops} ops over {self.inserted_lines} lines",
+                 f"accesses retyped: {self.retyped_accesses}" + (f" ({retyped})" if retyped else "")]
+        if self.removed_ops:
+            parts.append(f"events removed: {self.removed_ops}")
+        return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------
+# Frame helpers shared by the catalog
+
+
+def lazy(frame: Frame) -> pl.LazyFrame:
+    return frame.lazy() if isinstance(frame, pl.DataFrame) else frame
+
+
+def collect(frame: Frame) -> pl.DataFrame:
+    return frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+
+
+def recorded() -> pl.Expr:
+    """Rows of the recorded trace (inserted events have sub != 0); only they are anchors."""
+    return pl.col("sub") == 0
+
+
+def is_zva() -> pl.Expr:
+    return (pl.col("op") == "cmo") & (pl.col("cmo") == "dc.zva")
+
+
+def is_data_write() -> pl.Expr:
+    """A write in the model: ``write`` and DC ZVA (a write of zeros to its line)."""
+    return (pl.col("op") == "write") | is_zva().fill_null(False)
+
+
+def is_typed_access() -> pl.Expr:
+    """Events with a memory type: accesses and DC ZVA."""
+    return pl.col("op").is_in(ACCESS_OPS) | is_zva().fill_null(False)
+
+
+def first_line(ls: int) -> pl.Expr:
+    return pl.col("addr") // ls
+
+
+def last_line(ls: int) -> pl.Expr:
+    """Last line of an event: DC ZVA acts on the line of its address only (docs/semantics.md)."""
+    size = pl.col("size").fill_null(1).clip(lower_bound=1)
+    return pl.when(is_zva().fill_null(False)).then(pl.col("addr") // ls).otherwise(
+        (pl.col("addr") + size - 1) // ls)
+
+
+def sctlr_before() -> pl.Expr:
+    """Per vCPU, SCTLR_EL1 in force *before* each row (0 at reset), from its SCTLR_EL1 writes.
+
+    Use on a frame sorted by seq and holding (at least) the vCPU's SCTLR_EL1 writes.
+    """
+    setting = pl.when((pl.col("op") == "sysreg") & (pl.col("sysreg") == "SCTLR_EL1")).then(pl.col("value"))
+    return setting.shift(1).forward_fill().over("agent").fill_null(0).cast(pl.UInt64)
+
+
+def interval_union(frame: pl.LazyFrame, keys: list[str], lo: str, hi: str) -> pl.LazyFrame:
+    """Merge overlapping or adjacent integer intervals [lo, hi] per ``keys`` (vectorised).
+
+    Returns ``keys + [lo, hi]`` with one row per maximal run, sorted by keys then lo.
+    """
+    s = frame.select(*keys, lo, hi).sort(*keys, lo)
+    prev_hi = pl.col(hi).cum_max().shift(1)
+    if keys:
+        prev_hi = prev_hi.over(keys)
+    starts = s.with_columns(_new=(prev_hi.is_null() | (pl.col(lo) > prev_hi + 1)).cast(pl.Int64))
+    run = pl.col("_new").cum_sum()
+    if keys:
+        run = run.over(keys)
+    return (
+        starts.with_columns(_run=run)
+        .group_by(*keys, "_run", maintain_order=True)
+        .agg(pl.col(lo).min(), pl.col(hi).max())
+        .drop("_run")
+    )
+
+
+def region_table(info: TraceInfo) -> pl.DataFrame:
+    """The regions as a frame for joins: base, last byte and the resolved region columns."""
+    regions = sorted(info.effective_regions(), key=lambda r: r.base)
+    return pl.DataFrame(
+        {
+            "_base": [r.base for r in regions],
+            "_last": [min(r.base + r.size, 1 << 64) - 1 for r in regions],
+            "region": [r.name for r in regions],
+            "region_kind": [r.kind for r in regions],
+            "shared": [r.shared for r in regions],
+            "host_cacheable": [r.host in ("wb", "wt") for r in regions],
+        },
+        schema={"_base": pl.UInt64, "_last": pl.UInt64, "region": pl.String, "region_kind": pl.String,
+                "shared": pl.Boolean, "host_cacheable": pl.Boolean},
+    )
+
+
+_REGION_COLUMNS = ("region", "region_kind", "shared", "host_cacheable")
+
+#: Columns an anchor frame may carry into inserted events (copied from the anchor event).
+_COPIED = ("time", "phase", "src", "src_line", "src_offset", "sctlr", "mair")
+
+
+def inserted_events(anchors: Frame, ctx: MitigationContext, schema: Mapping[str, pl.DataType],
+                    *, detail: str | None = None) -> pl.LazyFrame:
+    """Maintenance events inserted by ``ctx.name``, with every column of ``schema`` filled.
+
+    ``anchors`` has one row per inserted event: ``seq`` (the anchor), ``j``
+    (index of the event at its anchor), ``before`` (bool), ``acting`` (the
+    agent performing it), ``cmo``, ``addr`` and ``size`` (null for ``ram.civac``),
+    optionally ``locate`` (the address whose region the event belongs to;
+    default ``addr``) and any of time, phase, src, src_line, src_offset, sctlr,
+    mair (copied from the anchor; missing ones are null). The result has
+    ``op = "cmo"``, ``agent = ACTING/NAME``, the acting agent's ``side``, the
+    region columns joined from ``ctx.info`` (``ram.civac``: region_kind ``ram``),
+    and null types (a cmo has none).
+    """
+    a = lazy(anchors)
+    names = a.collect_schema().names()
+    if "locate" not in names:
+        a = a.with_columns(locate=pl.col("addr"))
+    regions = region_table(ctx.info).lazy()
+    a = (
+        a.with_columns(_row=pl.int_range(pl.len()), _loc=pl.col("locate").cast(pl.UInt64).fill_null(0))
+        .sort("_loc")
+        .join_asof(regions, left_on="_loc", right_on="_base", strategy="backward")
+        .sort("_row")
+    )
+    inside = pl.col("locate").is_not_null() & pl.col("_base").is_not_null() & (pl.col("_loc") <= pl.col("_last"))
+    whole_ram = pl.col("cmo") == "ram.civac"
+    cols: dict[str, pl.Expr] = {
+        "seq": pl.col("seq"),
+        "sub": ctx.sub(pl.col("j"), before=pl.col("before")),
+        "agent": ctx.agent(pl.col("acting")),
+        "side": pl.col("acting").str.split(".").list.first(),
+        "op": pl.lit("cmo"),
+        "addr": pl.col("addr"),
+        "size": pl.col("size"),
+        "cmo": pl.col("cmo"),
+        "detail": pl.lit(detail, dtype=pl.String),
+        "region": pl.when(inside).then(pl.col("region")),
+        "region_kind": pl.when(whole_ram).then(pl.lit("ram")).when(inside).then(pl.col("region_kind")),
+        "shared": pl.when(inside).then(pl.col("shared")),
+        "host_cacheable": pl.when(inside).then(pl.col("host_cacheable")),
+    }
+    for c in _COPIED:
+        if c in names:
+            cols[c] = pl.col(c)
+    exprs = []
+    for c, dtype in schema.items():
+        e = cols.get(c, pl.lit(None))
+        exprs.append(e.cast(dtype).alias(c))
+    return a.select(exprs)
+
+
+def add_events(frame: Frame, *inserted: pl.LazyFrame) -> pl.LazyFrame:
+    """The frame with inserted events added, sorted by (seq, sub) (stable: ties keep insertion order)."""
+    parts = [lazy(frame), *inserted]
+    return pl.concat(parts, how="vertical").sort("seq", "sub", maintain_order=True)
+
+
+def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
+    """Recompute guest types after ``s1_decl`` / ``fwb`` changed (``resolve.finalize_types``)."""
+    from ..resolve import finalize_types as fn
+    df = collect(frame)
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    out = fn(df, info) if len(params) >= 2 else fn(df)
+    return collect(out)
+
+
+# --------------------------------------------------------------------------
+# Cost, generically: compare the frame before and after
+
+
+def ram_lines_touched(frame: Frame, line_size: int) -> int:
+    """Distinct lines of RAM regions that the trace's addressed events touch (what ``ram.civac`` covers)."""
+    lf = lazy(frame).filter(
+        recorded() & pl.col("addr").is_not_null() & (pl.col("region_kind") == "ram").fill_null(True)
+    ).select(_lo=first_line(line_size), _hi=last_line(line_size))
+    runs = interval_union(lf, [], "_lo", "_hi")
+    n = runs.select((pl.col("_hi") - pl.col("_lo") + 1).sum()).collect().item()
+    return int(n or 0)
+
+
+def _lines_touched(frame: Frame, line_size: int) -> int:
+    lf = lazy(frame).filter(recorded() & pl.col("addr").is_not_null()).select(
+        _lo=first_line(line_size), _hi=last_line(line_size))
+    n = interval_union(lf, [], "_lo", "_hi").select((pl.col("_hi") - pl.col("_lo") + 1).sum()).collect().item()
+    return int(n or 0)
+
+
+def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
+                    traps: Mapping[str, int] | None = None) -> MitigationCost:
+    """Cost of turning ``before`` into ``after`` (docs/mitigations.md, "Cost").
+
+    Inserted and removed events are rows present on one side only, keyed by
+    (seq, sub). Lines covered: by-address operations cover the lines of
+    [addr, addr+size); ``ram.civac`` covers every RAM line the recorded trace
+    touches; other operations without an address every line it touches.
+    Retyped accesses: recorded accesses (and DC ZVA) whose ``mem_type`` differs.
+    """
+    ls = info.line_size
+    b, a = lazy(before), lazy(after)
+    key = ["seq", "sub"]
+    ins = collect(a.join(b.select(key), on=key, how="anti").select("op", "cmo", "addr", "size"))
+    removed = collect(b.join(a.select(key), on=key, how="anti").select(pl.len())).item()
+    by_addr = ins.filter(pl.col("addr").is_not_null())
+    lines = int(by_addr.select((last_line(ls) - first_line(ls) + 1).sum()).item() or 0) if by_addr.height else 0
+    whole = ins.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
+    if whole.height:
+        n_ram = int((whole["cmo"] == "ram.civac").sum())
+        if n_ram:
+            lines += n_ram * ram_lines_touched(before, ls)
+        if whole.height - n_ram:
+            lines += (whole.height - n_ram) * _lines_touched(before, ls)
+    typed = is_typed_access()
+    re = collect(
+        b.filter(typed).select(*key, _from=pl.col("mem_type"))
+        .join(a.filter(typed).select(*key, _to=pl.col("mem_type")), on=key, how="inner")
+        .filter(pl.col("_from").ne_missing(pl.col("_to")))
+        .group_by("_from", "_to").len()
+        .sort("len", "_from", "_to", descending=[True, False, False], nulls_last=True)
+    )
+    retyped = [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
+    return MitigationCost(
+        traps={k: int(v) for k, v in sorted((traps or {}).items()) if v},
+        inserted_ops=ins.height,
+        inserted_lines=lines,
+        retyped_accesses=sum(r["count"] for r in retyped),
+        retyped=retyped,
+        removed_ops=int(removed),
+    )
+
+
+# --------------------------------------------------------------------------
+# Registry and specs
+
+#: Every known mitigation by name, in catalog order (``none`` first).
+MITIGATIONS: dict[str, Mitigation] = {}
+
+_FORBIDDEN = set("+, \t\n/")
+
+
+def _check_name(name: str) -> None:
+    if not name or name == "all" or any(ch in _FORBIDDEN for ch in name):
+        raise ValueError(f"mitigation name: expected a word without '+', ',', '/' or spaces (not 'all'), "
+                         f"found {name!r}")
+
+
+def _add(m: Mitigation, replace: bool) -> Mitigation:
+    _check_name(m.name)
+    if m.actor not in ACTORS:
+        raise ValueError(f"mitigation {m.name!r}: expected an actor in {ACTORS}, found {m.actor!r}")
+    if m.name in MITIGATIONS and not replace:
+        raise ValueError(f"mitigation {m.name!r} is already registered (pass replace=True)")
+    MITIGATIONS[m.name] = m
+    return m
+
+
+def register_mitigation(
+    name: str | Mitigation,
+    apply: ApplyFn | None = None,
+    *,
+    actor: str = "guest",
+    changes: str = "",
+    limits: str = "",
+    traps: TrapsFn | None = None,
+    update_info: InfoFn | None = None,
+    replace: bool = False,
+    builtin: bool = False,
+) -> Any:
+    """Add a mitigation to the catalog, from Python.
+
+    Three forms::
+
+        register_mitigation(Mitigation(...))
+        register_mitigation("my-fix", fn, actor="guest", changes="...", limits="...")
+
+        @register_mitigation("my-fix", actor="hypervisor", changes="...", limits="...",
+                             traps=lambda frame, ctx: {"HVC": 1})
+        def my_fix(frame, ctx):       # a function over the resolved event frame
+            return frame               # same columns; insert with inserted_events(...)
+
+    The decorator form returns the :class:`Mitigation`. A name already taken
+    raises ValueError unless ``replace=True``.
+    """
+    if isinstance(name, Mitigation):
+        return _add(name, replace)
+
+    def wrap(fn: ApplyFn) -> Mitigation:
+        doc = (inspect.getdoc(fn) or "").strip().split("\n\n")[0].replace("\n", " ")
+        return _add(Mitigation(name, actor, changes or doc or name, limits or "not stated", fn, traps,
+                               update_info, builtin), replace)
+
+    if apply is not None:
+        return wrap(apply)
+    return wrap
+
+
+def unregister_mitigation(name: str) -> None:
+    """Remove a custom mitigation (built-in ones stay)."""
+    m = MITIGATIONS.get(name)
+    if m is not None and not m.builtin:
+        del MITIGATIONS[name]
+
+
+def get_mitigation(name: str) -> Mitigation:
+    try:
+        return MITIGATIONS[name]
+    except KeyError:
+        raise UnknownMitigationError(
+            f"expected a mitigation ({', '.join(MITIGATIONS)}), found unknown mitigation {name!r}") from None
+
+
+def parse_spec(spec: str) -> list[str]:
+    """The names of a ``+`` combination, left to right (``"a+b"`` -> ``["a", "b"]``); checks each."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UnknownMitigationError(f"expected a mitigation ({', '.join(MITIGATIONS)}), found {spec!r}")
+    names = [p.strip() for p in spec.split("+")]
+    for p in names:
+        if not p:
+            raise UnknownMitigationError(f"expected mitigation names joined by '+', found an empty name in {spec!r}")
+        get_mitigation(p)
+    return names
+
+
+def expand(specs: str | Iterable[str]) -> list[str]:
+    """Mitigation specs to run: ``all`` is every catalog entry (``none`` first); commas separate specs.
+
+    Repeats are dropped, order is kept, every name is checked.
+    """
+    items = [specs] if isinstance(specs, str) else list(specs)
+    out: list[str] = []
+    for item in items:
+        for spec in (s.strip() for s in item.split(",")):
+            if spec == "all":
+                names = ["none", *[n for n in MITIGATIONS if n != "none"]]
+            else:
+                names = ["+".join(parse_spec(spec))]
+            for n in names:
+                if n not in out:
+                    out.append(n)
+    return out
+
+
+def catalog(*, builtin_only: bool = False) -> list[Mitigation]:
+    """The mitigations in catalog order."""
+    return [m for m in MITIGATIONS.values() if m.builtin or not builtin_only]
+
+
+# --------------------------------------------------------------------------
+# Applying a spec
+
+
+def _conform_like(frame: pl.DataFrame, schema: pl.Schema, name: str) -> pl.DataFrame:
+    missing = [c for c in schema.names() if c not in frame.columns]
+    if missing:
+        raise MitigationError(f"mitigation {name!r}: expected the frame's columns, found {', '.join(missing)} missing")
+    try:
+        return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+    except pl.exceptions.PolarsError as e:
+        raise MitigationError(f"mitigation {name!r}: expected the frame's column types, found: {e}") from None
+
+
+def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo
+                     ) -> tuple[pl.DataFrame, TraceInfo, MitigationCost]:
+    """Apply ``spec`` (``none``, ``a``, ``a+b``...) to a resolved frame, left to right.
+
+    Returns the transformed frame sorted by (seq, sub), the trace settings the
+    engines must use with it (FWB, host mappings), and the cost.
+    """
+    names = parse_spec(spec)
+    resolved = collect(resolved)
+    if "sub" not in resolved.columns:
+        resolved = resolved.with_columns(sub=pl.lit(0, dtype=pl.Int32))
+    schema = resolved.schema
+    frame = resolved
+    traps: Counter[str] = Counter()
+    canonical = "+".join(names)
+    for k, name in enumerate(names, 1):
+        m = get_mitigation(name)
+        new_info = m.update_info(info) if m.update_info else info
+        ctx = MitigationContext(info=new_info, k=k, n=len(names), spec=canonical, name=name, info_before=info)
+        if m.traps is not None:
+            traps.update({str(t): int(c) for t, c in dict(m.traps(frame, ctx)).items()})
+        frame = _conform_like(collect(m.apply(frame, ctx)), schema, name)
+        info = new_info
+    frame = frame.sort("seq", "sub", maintain_order=True)
+    return frame, info, mitigation_cost(resolved, frame, info, traps)
