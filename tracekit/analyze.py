@@ -9,6 +9,7 @@ the CLI writes as one Parquet file.
 from __future__ import annotations
 
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,7 +20,7 @@ from . import __version__
 from ._progress import progress
 from .engine import ENGINES, SPECULATION_MODELS, get_engine
 from .errors import UsageError
-from .findings import CAUSE_TITLES, explain, matrix
+from .findings import CAUSE_TITLES, explain
 from .model import TraceInfo
 from .resolve import resolve
 from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_metadata, write_table
@@ -41,8 +42,8 @@ class Analysis:
         return list(self.meta.get("mitigations", []))
 
     def matrix(self) -> pl.DataFrame:
-        """Counts per mitigation x (kind, cause)."""
-        return matrix(self.findings, self.mitigations)
+        """Counts per mitigation x (kind, cause), one row per mitigation analysed."""
+        return self.compare().matrix
 
     def ranges(self) -> pl.DataFrame:
         """Contiguous lines needing the same maintenance in the same window (tracekit.ranges)."""
@@ -50,20 +51,11 @@ class Analysis:
 
         return ranges(self.findings, self.info.line_size)
 
-    def compare(self) -> dict[str, dict[str, pl.DataFrame]]:
-        """Per mitigation: the findings of `none` it fixes and the ones it introduces."""
-        key = ["seq", "line", "kind", "cause"]
-        base = self.findings.filter(pl.col("mitigation") == "none")
-        out = {}
-        for m in self.mitigations:
-            if m == "none":
-                continue
-            mine = self.findings.filter(pl.col("mitigation") == m)
-            out[m] = {
-                "fixed": base.join(mine.select(key), on=key, how="anti"),
-                "introduced": mine.join(base.select(key), on=key, how="anti"),
-            }
-        return out
+    def compare(self, baseline: str = "none"):
+        """The matrix, and per mitigation the findings of ``baseline`` it fixes and those it introduces."""
+        from .mitigations.compare import compare
+
+        return compare(self.findings, self.mitigations, baseline=baseline)
 
     def write(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the findings as one Parquet file (findings-v1) with the run's metadata."""
@@ -83,7 +75,8 @@ class Analysis:
         return analysis_html(self)
 
 
-_INFO_KEYS = {"line_size", "stage2", "fwb", "regions", "devices", "inputs", "schema", "schema_version"}
+_INFO_KEYS = {"line_size", "stage2", "fwb", "regions", "devices", "inputs", "schema", "schema_version",
+              "tracekit_version"}
 
 
 def _load_trace(trace: Any, *, quiet: bool):
@@ -193,14 +186,15 @@ def summary_text(a: Analysis, *, first: int = 3) -> str:
         f"stage 2 {'on' if a.info.stage2 else 'off'}",
         "",
     ]
-    mat = a.matrix()
+    cmp = a.compare()
+    mat = cmp.matrix
     present = [c for c in mat.columns[1:-1] if mat[c].sum() > 0]
     lines.append("findings per mitigation and (kind/cause):")
     width = max([len("mitigation")] + [len(s) for s in mat["mitigation"]])
     for row in mat.iter_rows(named=True):
         parts = [f"{c}={row[c]}" for c in present if row[c]]
         lines.append(f"  {row['mitigation']:<{width}}  {row['total']:>6}  " + ("  ".join(parts) or "clean"))
-    comparison = a.compare() if "none" in a.mitigations else {}
+    comparison = {m: {"fixed": cmp.fixed[m], "introduced": cmp.introduced[m]} for m in cmp.fixed}
     if comparison:
         lines += ["", "against none (fixed / introduced):"]
         for spec, d in comparison.items():
@@ -210,14 +204,21 @@ def summary_text(a: Analysis, *, first: int = 3) -> str:
                 extra = (f"  cost: traps {sum(cost.traps.values())}, inserted ops {cost.inserted_ops} "
                          f"over {cost.inserted_lines} lines, retyped accesses {cost.retyped_accesses}")
             lines.append(f"  {spec:<{width}}  fixes {d['fixed'].height}, introduces {d['introduced'].height}{extra}")
-    for spec in a.mitigations:
-        sub = a.findings.filter(pl.col("mitigation") == spec)
+    shown = [("none", a.findings.filter(pl.col("mitigation") == "none"), "first findings under none")]
+    if "none" not in a.mitigations:
+        shown = [(m, a.findings.filter(pl.col("mitigation") == m), f"first findings under {m}")
+                 for m in a.mitigations]
+    shown += [(m, d["introduced"], f"findings {m} introduces (none did not have them)")
+              for m, d in comparison.items()]
+    for spec, sub, title in shown:
         if sub.height == 0:
             continue
-        lines += ["", f"first findings under {spec}:"]
+        lines += ["", f"{title}:"]
         for row in sub.head(first).iter_rows(named=True):
             where = f"{row['src']}:{row['src_line']}" if row["src_line"] is not None else row["src"]
-            title = CAUSE_TITLES.get((row["kind"], row["cause"]), row["cause"])
-            lines.append(f"  seq {row['seq']} ({where}) {title}")
-            lines.append(f"    {explain(row)}")
+            label = CAUSE_TITLES.get((row["kind"], row["cause"]), row["cause"])
+            lines.append(f"  seq {row['seq']} ({where}) {label}")
+            lines += textwrap.wrap(explain(row), 96, initial_indent="    ", subsequent_indent="    ")
+        if sub.height > first:
+            lines.append(f"  ... and {sub.height - first} more (tracekit report, or the findings file)")
     return "\n".join(lines) + "\n"

@@ -68,20 +68,3 @@ def explain(row: dict[str, Any]) -> str:
     fix = _FIX_WORDS[row["fix_op"]]
     return (f"{why} Fix: {fix} line {line:#x} after seq {row['fix_after_seq']} and before seq "
             f"{row['fix_before_seq']}" + (f", by {row['fix_agent']}." if row.get("fix_agent") else "."))
-
-
-def matrix(findings: pl.DataFrame, mitigations: list[str] | None = None) -> pl.DataFrame:
-    """Counts per mitigation (rows, in the order given) and (kind, cause) (columns)."""
-    order = mitigations or list(dict.fromkeys(findings["mitigation"].to_list()))
-    cols = [f"{k}/{c}" for (k, c) in CAUSE_TITLES]
-    counts = (
-        findings.group_by("mitigation", "kind", "cause").len()
-        .with_columns(key=pl.col("kind") + "/" + pl.col("cause"))
-    )
-    rows = []
-    for m in order:
-        sub = counts.filter(pl.col("mitigation") == m)
-        got = dict(zip(sub["key"].to_list(), sub["len"].to_list()))
-        rows.append({"mitigation": m, **{c: int(got.get(c, 0)) for c in cols}, "total": int(sum(got.values()))})
-    schema = {"mitigation": pl.String, **{c: pl.Int64 for c in cols}, "total": pl.Int64}
-    return pl.DataFrame(rows, schema=schema)
