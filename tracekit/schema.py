@@ -140,6 +140,9 @@ class AtomicPath:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes it private; outputs are ordinary files
             os.replace(self.tmp, self.dest)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -38,17 +38,11 @@ def analyze(
     kinds remain, 2 for bad input.
     """
     from ..analyze import analyze as run, write_transformed
-    from ..errors import UsageError
-    from ..model import KINDS
+    from ..reports.gate import gate, gate_message, parse_kinds
     from ..schema import check_output
     from ..trace import load
 
-    kinds: list[str] = []
-    if fail_on:
-        kinds = [k.strip() for k in fail_on.split(",") if k.strip()]
-        for k in kinds:
-            if k not in KINDS:
-                raise UsageError(f"--fail-on: expected kinds among {', '.join(KINDS)}, found {k!r}")
+    kinds = parse_kinds(fail_on) if fail_on else ()
     for out in (output, emit_trace, report):
         if out is not None:
             check_output(out, force=force)
@@ -65,12 +59,9 @@ def analyze(
         write_report(result, report_format or _format_of(report), report, force=force)
     if not quiet:
         typer.echo(result.summary(), nl=False)
-    if kinds:
-        remaining = result.findings.filter(result.findings["kind"].is_in(kinds))
-        if remaining.height:
-            typer.echo(f"tracekit: {remaining.height} finding(s) of kind {', '.join(kinds)} remain "
-                       f"under {', '.join(result.mitigations)}", err=True)
-            raise typer.Exit(1)
+    if kinds and gate(result.findings, kinds):
+        typer.echo(f"tracekit: {gate_message(result.findings, kinds)}", err=True)
+        raise typer.Exit(1)
 
 
 def _format_of(path: Path) -> str:
