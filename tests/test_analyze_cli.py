@@ -1,0 +1,123 @@
+"""`tracekit analyze` as a user runs it: outputs, exit codes, messages, metadata."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from tracekit.cli import app
+from tracekit.schema import polars_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOT = ROOT / "sample-traces" / "boot-mmu-off.tkt"
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_findings_file_has_the_documented_columns_and_metadata(tmp_path):
+    out = tmp_path / "f.parquet"
+    r = run("analyze", BOOT, "-o", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    f = pl.read_parquet(out)
+    assert dict(f.schema) == polars_schema("findings-v1")
+    assert set(f["mitigation"]) == {"none"} and f.height == 2
+    meta = json.loads(pq.read_schema(out).metadata[b"tracekit"])
+    assert meta["trace_sha256"] == hashlib.sha256(BOOT.read_bytes()).hexdigest()
+    assert meta["line_size"] == 64 and meta["speculation"] == "architectural"
+    assert meta["mitigations"] == ["none"] and meta["schema"] == "tracekit-findings"
+
+
+def test_summary_names_counts_and_explains_the_first_findings():
+    r = run("analyze", BOOT, "-m", "none", "-m", "guest-boot-inval")
+    assert r.exit_code == 0, r.output
+    assert "guest-boot-inval  fixes 1, introduces 0" in r.stdout
+    assert "stale-line-not-invalidated=2" in r.stdout
+    read_line = next(i for i, t in enumerate(BOOT.read_text().splitlines(), 1) if t.startswith("guest read   0x40080000"))
+    assert "Fix: invalidate" in r.stdout and f"boot-mmu-off.tkt:{read_line}" in r.stdout
+
+
+def test_all_expands_to_the_catalog_in_order(tmp_path):
+    from tracekit.mitigations import expand
+
+    out = tmp_path / "f.parquet"
+    assert run("analyze", BOOT, "-m", "all", "-o", out, "-q").exit_code == 0
+    meta = json.loads(pq.read_schema(out).metadata[b"tracekit"])
+    assert meta["mitigations"] == expand("all") and meta["mitigations"][0] == "none"
+    assert len(meta["mitigations"]) == 10 and set(meta["costs"]) == set(meta["mitigations"])
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "f.parquet"
+    out.write_text("keep me")
+    r = run("analyze", BOOT, "-o", out, "-q")
+    assert r.exit_code == 2
+    assert f"{out}: output exists; use --force" in r.stderr
+    assert out.read_text() == "keep me"
+    assert run("analyze", BOOT, "-o", out, "-q", "--force").exit_code == 0
+
+
+def test_fail_on_exit_codes():
+    assert run("analyze", BOOT, "-m", "guest-boot-inval", "--fail-on", "stale-read", "-q").exit_code == 1
+    assert run("analyze", BOOT, "-m", "s2fwb", "--fail-on", "stale-read,lost-write", "-q").exit_code == 0
+    assert run("analyze", BOOT, "-m", "guest-boot-inval", "--fail-on", "lost-write", "-q").exit_code == 0
+    bad = run("analyze", BOOT, "--fail-on", "stale", "-q")
+    assert bad.exit_code == 2 and "--fail-on" in bad.stderr and "Traceback" not in bad.output
+
+
+def test_bad_input_is_a_message_with_file_and_line_and_no_output(tmp_path):
+    src = tmp_path / "bad.tkt"
+    src.write_text("@region ram 0x40000000 16M ram\nguest write 0x40000000 0\n")
+    out = tmp_path / "f.parquet"
+    r = run("analyze", src, "-o", out)
+    assert r.exit_code == 2
+    assert f"{src}:2:" in r.stderr and "Traceback" not in r.output
+    assert not out.exists() and list(tmp_path.iterdir()) == [src]
+
+
+def test_unknown_mitigation_lists_the_known_ones():
+    r = run("analyze", BOOT, "-m", "flush-everything")
+    assert r.exit_code == 2 and "flush-everything" in r.stderr and "guest-boot-inval" in r.stderr
+
+
+def test_emit_trace_shows_what_the_mitigation_inserted(tmp_path):
+    out = tmp_path / "t.parquet"
+    assert run("analyze", BOOT, "-m", "guest-boot-inval", "--emit-trace", out, "-q").exit_code == 0
+    t = pl.read_parquet(out)
+    inserted = t.filter(pl.col("sub") != 0)
+    # invalidations of exactly the lines the vCPU wrote with its MMU off, just before its SCTLR write that sets M
+    sctlr_on = t.filter((pl.col("sysreg") == "SCTLR_EL1") & (pl.col("value") == 0x1005))["seq"].item()
+    assert inserted["agent"].unique().to_list() == ["guest.0/guest-boot-inval"]
+    assert set(inserted["cmo"]) == {"dc.ivac"}
+    assert set(inserted["seq"]) == {sctlr_on} and (inserted["sub"] < 0).all()
+    covered = {line for a, n in inserted.select("addr", "size").rows() for line in range(a // 64, (a + n - 1) // 64 + 1)}
+    assert covered == {0x40080000 // 64, 0x40080040 // 64, 0x40080080 // 64}
+
+
+def test_reference_and_fast_engines_write_the_same_findings(tmp_path):
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    for engine, out in (("reference", a), ("fast", b)):
+        assert run("analyze", BOOT, "-m", "all", "--engine", engine, "-o", out, "-q").exit_code == 0
+    assert pl.read_parquet(a).equals(pl.read_parquet(b))
+
+
+def test_analyze_a_trace_parquet_written_by_ingest(tmp_path):
+    trace = tmp_path / "t.parquet"
+    assert run("ingest", BOOT, "-o", trace, "--quiet").exit_code == 0
+    out = tmp_path / "f.parquet"
+    assert run("analyze", trace, "-o", out, "-q").exit_code == 0
+    assert pl.read_parquet(out).height == 2
+
+
+def test_report_written_in_the_same_run(tmp_path):
+    rep = tmp_path / "r.md"
+    assert run("analyze", BOOT, "-m", "none", "--report", rep, "-q").exit_code == 0
+    text = rep.read_text()
+    assert "| " in text and "stale-line-not-invalidated" in text
