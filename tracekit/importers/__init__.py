@@ -1,0 +1,75 @@
+"""The importer registry: one module per input format, found by name or detected.
+
+Built-in formats register when their module is imported; adding a format is
+one more name in ``_BUILTIN_MODULES`` (each module exposes ``IMPORTER``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from ..errors import TracekitError, UnknownFormatError
+from .base import Importer, ImportOptions, ImportResult
+
+__all__ = ["IMPORTERS", "register_importer", "get_importer", "detect_format", "Importer", "ImportOptions",
+           "ImportResult"]
+
+IMPORTERS: dict[str, Importer] = {}
+
+#: Modules under tracekit.importers whose ``IMPORTER`` (or tuple ``IMPORTERS``) is
+#: registered at import time, in detection order (the first whose suffix or content
+#: matches wins).
+_BUILTIN_MODULES: tuple[str, ...] = (
+    "tkt",
+    "tabular",
+    "qemu_simpletrace", "ftrace_text", "tcg_plugin", "qemu_log", "din", "lackey",  # real recordings
+)
+
+HEAD_BYTES = 64 * 1024
+
+
+def register_importer(imp: Importer) -> Importer:
+    """Make ``imp`` available as ``--format imp.format`` (a later one replaces an earlier one)."""
+    IMPORTERS[imp.format] = imp
+    return imp
+
+
+def get_importer(name: str) -> Importer:
+    """The importer of format ``name``; UnknownFormatError lists the known ones."""
+    try:
+        return IMPORTERS[name]
+    except KeyError:
+        raise UnknownFormatError(
+            f"expected a format ({', '.join(sorted(IMPORTERS))}), found '{name}'") from None
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of ``path``: by its suffix first, then by its first bytes."""
+    p = Path(path)
+    if p.is_dir():
+        raise TracekitError(f"{p}: expected a trace file, found a directory")
+    name = p.name.lower()
+    for imp in IMPORTERS.values():
+        if any(name.endswith(s) for s in imp.suffixes):
+            return imp.format
+    try:
+        with open(p, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise TracekitError(f"{p}: expected an input file, found no such file") from None
+    except OSError as e:
+        raise TracekitError(f"{p}: cannot read: {e.strerror}") from None
+    for imp in IMPORTERS.values():
+        if imp.detect(head, p):
+            return imp.format
+    raise UnknownFormatError(
+        f"{p}: expected a known format ({', '.join(sorted(IMPORTERS))}), found none matching; "
+        "name it with --format")
+
+
+for _name in _BUILTIN_MODULES:
+    _mod = importlib.import_module(f"{__name__}.{_name}")
+    for _imp in getattr(_mod, "IMPORTERS", None) or (_mod.IMPORTER,):
+        register_importer(_imp)
