@@ -42,13 +42,14 @@ EVENT_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
-def iter_line_batches(path: Path, *, batch_bytes: int = BATCH_BYTES, quiet: bool = True,
+def iter_line_batches(path: Path, *, batch_bytes: int | None = None, quiet: bool = True,
                       desc: str = "") -> Iterator[pl.DataFrame]:
     """Yield frames ``(line: str, src_line: u64)`` covering the file in order.
 
     A final line without a newline is kept; ``\\r`` before a newline is dropped;
     bytes that are not UTF-8 are replaced (U+FFFD) rather than failing the read.
     """
+    batch_bytes = batch_bytes or BATCH_BYTES
     size = path.stat().st_size
     first = 1
     carry = b""
@@ -121,7 +122,11 @@ def dec_u64(expr: pl.Expr) -> pl.Expr:
 
 
 def side_expr(agent: pl.Expr) -> pl.Expr:
-    return agent.str.split_exact(".", 1).struct.field("field_0")
+    """The part of ``agent`` before the first dot (prefix tests: cheaper than a split)."""
+    out = pl.when(agent.str.starts_with("guest.")).then(pl.lit("guest"))
+    for side in ("host", "dev", "mit"):
+        out = out.when(agent.str.starts_with(side + ".")).then(pl.lit(side))
+    return out.otherwise(agent.str.split_exact(".", 1).struct.field("field_0"))
 
 
 def finish(df: pl.DataFrame, src: str) -> pl.DataFrame:

@@ -1,0 +1,260 @@
+"""Kernel trace text: ``trace_pipe`` / ``trace``, ``trace-cmd report`` and ``perf script``.
+
+The three tools print the same information with different prefixes; one
+regex accepts all three (comm may contain spaces, e.g. ``CPU 0/KVM``, so it
+is split at the pid, not at whitespace)::
+
+    trace_pipe   "       CPU 0/KVM-48215   [003] d..1.  1934.123400: kvm_entry: PC: 0x..."
+    trace-cmd    "       CPU 0/KVM-48215 [003]  1934.123411: kvm_exit:             TRAP: ..."
+    perf script  "       CPU 0/KVM 48215 [003]  1934.123411:          kvm:kvm_exit: TRAP: ..."
+
+KVM/arm64 events (Linux 6.1 ``arch/arm64/kvm/trace_arm.h``, ``include/trace/events/kvm.h``):
+
+=================== ===================================================================
+event               becomes
+=================== ===================================================================
+kvm_mmio            ``write``/``read`` (the data in ``value``) of ``len`` bytes at ``gpa`` by
+                    the vCPU; ``unsatisfied-read`` (the read exits to QEMU, value not yet
+                    known) is a marker
+kvm_sys_access      ``SYS_DC_ISW``/``CSW``/``CISW`` writes -> ``cmo dc.isw|csw|cisw`` by the
+                    vCPU (set/way: no address). Other registers (``SYS_SCTLR_EL1``,
+                    ``SYS_MAIR_EL1``...) -> marker: KVM does not trace the value written
+kvm_toggle_cache    marker ``SCTLR_EL1 M&C was on|off, now on|off``: only whether both M and C
+                    are set is known; a ``sysreg`` event needs the whole value (a guessed one
+                    would also set I, EE, WXN... wrongly), so no sysreg event is made
+kvm_set_way_flush   marker: KVM's own clean+invalidate of all guest RAM. The
+                    ``kvm-cache-toggle`` mitigation models exactly this, so the recorded
+                    flush is kept for reading, not replayed
+tracing_mark_write  QEMU's ftrace backend: ``NAME ARGS`` decoded like a qemu-log line
+anything else       marker (kvm_entry, kvm_exit, kvm_guest_fault, kvm_access_fault,
+                    kvm_userspace_exit, timers, irqs ...), detail ``event: text``
+=================== ===================================================================
+
+The vCPU is taken from the thread name ``CPU N/KVM`` (QEMU with
+``-name ...,debug-threads=on``); other threads are ``guest.<tid>`` for vCPU
+events and ``host.<tid>`` for markers of QEMU threads. Timestamps go to
+``time`` (seconds of the trace clock).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from ..model import TraceInfo
+from .base import ImportOptions, ImportResult
+from ._lines import dec_u64, fail_first, finish, hex_u64, iter_line_batches
+from .qemu_log import EventState, decode_event_rows, load_mapping
+from .trace_events import load_table
+
+PREFIX = (r"^\s*(?P<comm>.+?)(?:-|\s+)(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+          r"(?:[\w.]{4,5}\s+)?(?P<ts>\d+\.\d+):\s+(?:(?P<group>\w+):)?(?P<event>\w+):\s*(?P<msg>(?s:.*))$")
+OTHER = r"^(?:\s*$|\s*#|cpus=\d+|CPU:\s*\d+ \[|\s*version = |CPU \d+ is empty|\s*\[?LOST \d+ EVENTS\]?)"
+
+KVM_MMIO = r"^mmio (?P<type>unsatisfied-read|read|write) len (?P<len>\d+) gpa 0x(?P<gpa>[0-9a-fA-F]+) val 0x(?P<val>[0-9a-fA-F]+)$"
+KVM_SYS_ACCESS = (r"^PC: (?P<pc>[0-9a-fA-F]+) (?P<name>\S+) \((?P<op0>\d+),(?P<op1>\d+),(?P<crn>\d+),(?P<crm>\d+),"
+                  r"(?P<op2>\d+)\) (?P<dir>read|write)$")
+KVM_TOGGLE = r"^VM op at 0x(?P<pc>[0-9a-fA-F]+) \(cache was (?P<was>on|off), now (?P<now>on|off)\)$"
+KVM_SW_FLUSH = r"^S/W flush at 0x(?P<pc>[0-9a-fA-F]+) \(cache (?P<cache>on|off)\)$"
+
+SET_WAY = {"SYS_DC_ISW": "dc.isw", "SYS_DC_CSW": "dc.csw", "SYS_DC_CISW": "dc.cisw"}
+
+
+def _split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
+    """event, ts, pid, head (comm-pid), msg of each line, null event where PREFIX does not match.
+
+    The whole-prefix regex is only tested (no captures); the fields come from
+    cheap slices around the ``[CPU]`` column and anchored single-group extracts.
+    """
+    line = pl.col("line")
+    df = lines.with_columns(line.str.contains(PREFIX).alias("_ok"), line.str.find("] ", literal=True).alias("_b"),
+                            line.str.find("[", literal=True).alias("_a"))
+    df = df.with_columns(pl.when(pl.col("_ok")).then(line.str.slice(pl.col("_b") + 2)).alias("_tail"),
+                         pl.when(pl.col("_ok")).then(line.str.slice(0, pl.col("_a"))).alias("head"))
+    df = df.with_columns(pl.col("head").str.strip_chars_end())
+    if df["head"].str.ends_with(")").any():  # option record-tgid: "comm-pid (tgid)"
+        df = df.with_columns(pl.col("head").str.replace(r"\s*\(\s*[\d-]+\)\s*$", ""))
+    # tail: "[FLAGS  ]TS: [GROUP:]EVENT:[ padding] TEXT"
+    df = df.with_columns(pl.col("_tail").str.splitn(": ", 3).alias("_f"))
+    df = df.with_columns(
+        pl.col("_f").struct.field("field_0").str.split(" ").list.last().alias("ts"),
+        pl.col("_f").struct.field("field_1").str.split(":").list.last().alias("event"),
+        pl.col("_f").struct.field("field_2").str.strip_chars_start().fill_null("").alias("msg"),
+        pl.col("head").str.split("-").list.last().alias("_pid1"),
+        pl.col("head").str.split(" ").list.last().alias("_pid2"))
+    pid = pl.when(pl.col("_pid1").str.contains(r"^\d+$")).then(pl.col("_pid1")).otherwise(pl.col("_pid2"))
+    return df.with_columns(pid.alias("pid"), pl.when(pl.col("_ok")).then(pl.col("event")).alias("event")).drop(
+        "_ok", "_b", "_a", "_tail", "_f", "_pid1", "_pid2")
+
+
+class FtraceTextImporter:
+    """trace_pipe / trace-cmd report / perf script text of kvm:* events (and QEMU's ftrace backend)."""
+
+    format = "ftrace-text"
+    description = "Linux trace text (trace_pipe, trace-cmd report, perf script) of kvm:* events"
+    suffixes = (".trace.txt", ".ftrace", ".ftrace.txt")
+    settings_upfront = True  # TraceInfo is known before any event
+
+    def detect(self, head: bytes, path: Path) -> bool:
+        text = head.decode("utf-8", errors="replace")
+        pat = re.compile(PREFIX)
+        lines = [ln for ln in text.splitlines()[:30] if ln.strip() and not ln.startswith(("#", "cpus="))]
+        return bool(lines) and sum(bool(pat.match(ln)) for ln in lines[:10]) >= max(1, min(len(lines), 10) // 2)
+
+    def read(self, path: Path, options: ImportOptions) -> ImportResult:
+        path = Path(path)
+        src = str(path)
+        table = load_table(options.trace_events)
+        mapping = load_mapping(options.mapping)
+        gmap = None
+        if options.guest_map is not None:
+            from .guest_map import load_guest_map
+            gmap = load_guest_map(options.guest_map)
+        ev_state = EventState()
+        counts: dict[str, int] = {}
+        kinds: dict[str, int] = {}
+        summary: dict[str, Any] = {"format": self.format}
+        result = ImportResult(batches=iter(()), info=_info(options, path), summary=summary)
+        gm_counts: dict[str, int] = {}
+
+        def batches() -> Iterator[pl.DataFrame]:
+            for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):
+                out = self._decode(lines, table, mapping, ev_state, counts, kinds, src, options.strict)
+                if out.height == 0:
+                    continue
+                if gmap is not None:
+                    from .guest_map import apply_guest_map
+                    out = apply_guest_map(out, gmap, gm_counts)
+                yield out
+            summary["lines"] = dict(sorted(kinds.items()))
+            summary["events"] = dict(sorted(counts.items()))
+            summary.update({k: v for k, v in sorted(ev_state.counts.items()) if not k.startswith("event:")})
+            if gmap is not None:
+                summary["guest_map"] = dict(gm_counts)
+
+        result.batches = batches()
+        return result
+
+    def _decode(self, lines: pl.DataFrame, table, mapping, ev_state: EventState, counts: dict[str, int],
+                kinds: dict[str, int], src: str, strict: bool) -> pl.DataFrame:
+        df = _split_prefix(lines)
+        df = df.with_columns(
+            pl.when(pl.col("event").is_not_null()).then(pl.lit("event"))
+            .when(pl.col("line").str.contains(OTHER)).then(pl.lit("other"))
+            .otherwise(pl.lit("unknown")).alias("kind"))
+        for k, n in df.group_by("kind").len().iter_rows():
+            kinds[k] = kinds.get(k, 0) + int(n)
+        if strict:
+            fail_first(df.filter(pl.col("kind") == "unknown"), src,
+                       "a trace line 'COMM-PID [CPU] TIMESTAMP: EVENT: TEXT' (trace_pipe, trace-cmd report "
+                       "or perf script)")
+        ev = df.filter(pl.col("kind") == "event").with_columns(
+            pl.col("pid").cast(pl.Int64).alias("tid"),
+            pl.col("ts").cast(pl.Float64).alias("time"),
+            pl.col("src_line").alias("_line"),
+            pl.col("head").str.extract(r"^\s*CPU (\d+)/KVM[- ]", 1).cast(pl.Int64).alias("vcpu"),
+        )
+        if ev.height == 0:
+            return pl.DataFrame()
+        for k, n in ev.group_by("event").len().iter_rows():
+            counts[k] = counts.get(k, 0) + int(n)
+        guest = pl.when(pl.col("vcpu").is_not_null()).then(pl.format("guest.{}", "vcpu")) \
+            .otherwise(pl.format("guest.{}", "tid"))
+        host = pl.format("host.{}", "tid")
+        marker_detail = pl.format("{}: {}", "event", "msg")
+        parts = []
+        base = [pl.col("_line"), pl.lit(0, pl.Int64).alias("_sub"), "src_line", "time"]
+
+        def decoded(name: str, regex: str) -> pl.DataFrame:
+            sub = ev.filter(pl.col("event") == name)
+            g = sub.with_columns(pl.col("msg").str.extract_groups(regex).alias("_g")).unnest("_g")
+            first = re.findall(r"\?P<(\w+)>", regex)[0]
+            fail_first(g.filter(pl.col(first).is_null()), src, f"{name} text matching {regex!r}")
+            return g
+
+        handled = {"kvm_mmio", "kvm_sys_access", "kvm_toggle_cache", "kvm_set_way_flush", "tracing_mark_write"}
+        if (ev["event"] == "kvm_mmio").any():
+            g = decoded("kvm_mmio", KVM_MMIO)
+            done = pl.col("type") != "unsatisfied-read"
+            parts.append(g.select(
+                *base, guest.alias("agent"),
+                pl.when(~done).then(pl.lit("marker")).when(pl.col("type") == "write").then(pl.lit("write"))
+                .otherwise(pl.lit("read")).alias("op"),
+                pl.when(done).then(hex_u64(pl.col("gpa"))).alias("addr"),
+                pl.when(done).then(dec_u64(pl.col("len")).clip(1)).alias("size"),
+                pl.when(done).then(hex_u64(pl.col("val"))).alias("value"),
+                marker_detail.alias("detail")))
+        if (ev["event"] == "kvm_sys_access").any():
+            g = decoded("kvm_sys_access", KVM_SYS_ACCESS)
+            sw = pl.col("name").is_in(list(SET_WAY)) & (pl.col("dir") == "write")
+            ev_state.bump("sysreg_writes_value_unknown", g.filter(
+                ~pl.col("name").str.starts_with("SYS_DC_") & (pl.col("dir") == "write")).height)
+            parts.append(g.select(
+                *base, guest.alias("agent"),
+                pl.when(sw).then(pl.lit("cmo")).otherwise(pl.lit("marker")).alias("op"),
+                pl.when(sw).then(pl.col("name").replace_strict(SET_WAY, default=None)).alias("cmo"),
+                pl.when(sw).then(None).otherwise(
+                    pl.format("{}: {} (value not traced)", "event", "msg")).alias("detail")))
+        if (ev["event"] == "kvm_toggle_cache").any():
+            g = decoded("kvm_toggle_cache", KVM_TOGGLE)
+            parts.append(g.select(
+                *base, guest.alias("agent"), pl.lit("marker").alias("op"),
+                pl.format("kvm_toggle_cache: SCTLR_EL1 M&C was {}, now {} at pc 0x{} (other bits not traced)",
+                          "was", "now", "pc").alias("detail")))
+        if (ev["event"] == "kvm_set_way_flush").any():
+            g = decoded("kvm_set_way_flush", KVM_SW_FLUSH)
+            parts.append(g.select(
+                *base, guest.alias("agent"), pl.lit("marker").alias("op"),
+                pl.format("kvm_set_way_flush: KVM cleaned+invalidated all guest RAM (guest caches {}) at pc 0x{}",
+                          "cache", "pc").alias("detail")))
+        tm = ev.filter(pl.col("event") == "tracing_mark_write")
+        if tm.height:
+            tm = tm.with_columns(
+                pl.col("msg").str.extract(r"^([A-Za-z_]\w*)(?: |$)", 1).alias("ev_name"),
+                pl.col("msg").str.replace(r"^[A-Za-z_]\w* ?", "").alias("ev_body"),
+                pl.col("msg").alias("rest"), host.alias("host_agent"))
+            known = pl.col("ev_name").is_in(pl.Series(sorted(set(table.events) | set(mapping)), dtype=pl.String).implode())
+            q = tm.filter(known)
+            if q.height:
+                out = decode_event_rows(q.select("_line", "src_line", "time", "tid", "ev_name", "ev_body", "rest",
+                                                 "host_agent"), table, mapping, ev_state, src)
+                if out.height:
+                    parts.append(out)
+            rest = tm.filter(~known)
+            if rest.height:
+                parts.append(rest.select(*base, host.alias("agent"), pl.lit("marker").alias("op"),
+                                         marker_detail.alias("detail")))
+        other = ev.filter(~pl.col("event").is_in(list(handled)))
+        if other.height:
+            vcpu_thread = pl.col("vcpu").is_not_null() & pl.col("event").str.starts_with("kvm_")
+            parts.append(other.select(*base, pl.when(vcpu_thread).then(guest).otherwise(host).alias("agent"),
+                                      pl.lit("marker").alias("op"), marker_detail.alias("detail")))
+        out = pl.concat(parts, how="diagonal_relaxed").sort("_line", "_sub")
+        return finish(out, src)
+
+
+def _info(options: ImportOptions, path: Path | None = None) -> TraceInfo:
+    """Settings: --settings or INPUT.settings.tkt when given (see tabular), else the options."""
+    if path is not None:
+        from .tabular import settings_file, trace_info
+        if settings_file(path, options) is not None:
+            return trace_info(path, options)
+    kw: dict[str, Any] = {}
+    if options.line_size:
+        kw["line_size"] = options.line_size
+    if options.stage2 is not None:
+        kw["stage2"] = options.stage2
+    if options.fwb is not None:
+        kw["fwb"] = options.fwb
+    if options.regions is not None:
+        kw["regions"] = options.regions
+    if options.devices is not None:
+        kw["devices"] = options.devices
+    return TraceInfo(**kw)
+
+
+IMPORTER = FtraceTextImporter()
+__all__ = ["FtraceTextImporter", "IMPORTER"]
