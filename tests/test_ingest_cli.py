@@ -23,7 +23,7 @@ from tracekit.model import TraceInfo
 from tracekit.trace import load, read_info, scan
 
 runner = CliRunner()
-VECTORS = sorted(glob.glob("/work/shared/design/vectors/*.tkt"))
+VECTORS = sorted(glob.glob(str(Path(__file__).resolve().parent / "vectors" / "*.tkt")))
 SAMPLES = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "sample-traces" / "*.tkt")))
 
 SCENARIO = """\

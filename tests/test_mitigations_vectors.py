@@ -1,4 +1,4 @@
-"""The worked vectors of the design (/work/shared/design/vectors/) under every mitigation they check.
+"""The worked vectors of the design (../shared/design/vectors/) under every mitigation they check.
 
 Rule: each vector's `#!` annotations are the verdicts coherence-model.md implies;
 the findings under each checked mitigation must be exactly those

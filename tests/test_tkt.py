@@ -17,7 +17,7 @@ from tracekit.importers import IMPORTERS, detect_format, get_importer
 from tracekit.importers import tkt as tkt_mod
 from tracekit.trace import load
 
-VECTORS = sorted(glob.glob("/work/shared/design/vectors/*.tkt"))
+VECTORS = sorted(glob.glob(str(Path(__file__).resolve().parent / "vectors" / "*.tkt")))
 MMU_ON = "guest sysreg MAIR_EL1 0xff\nguest sysreg SCTLR_EL1 0x1005\n"
 
 

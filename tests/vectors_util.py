@@ -1,4 +1,4 @@
-"""Read the verdicts a worked vector states for itself (/work/shared/design/vectors/README.md).
+"""Read the verdicts a worked vector states for itself (../shared/design/vectors/README.md).
 
 ``#! check M1 M2``   the mitigations the verdicts cover;
 ``#! options ARGS``  extra ``tracekit analyze`` arguments;
@@ -20,7 +20,8 @@ from typing import Any
 import polars as pl
 
 #: The design's vectors, and the in-repo copy (tests/vectors/) that travels with the tree.
-VECTOR_DIRS = (Path(__file__).resolve().parent / "vectors", Path("/work/shared/design/vectors"))
+VECTOR_DIRS = (Path(__file__).resolve().parent / "vectors",
+               Path(__file__).resolve().parents[2] / "shared" / "design" / "vectors")
 
 
 def vector_files() -> list[Path]:

@@ -1,4 +1,4 @@
-"""The scenario text format (``.tkt``, docs: /work/shared/design/scenario-format.md).
+"""The scenario text format (``.tkt``, docs: ../shared/design/scenario-format.md).
 
 One event per line in the order they happen; ``@`` directives set the trace's
 line size, stage 2, FWB, regions and devices, and ``@phase`` labels the events
