@@ -6,6 +6,10 @@ from the MAIR byte (or ``attr=``), stage 2 and FWB come from the region. The
 intermediate columns stay in the frame so a notebook can see why an access took
 the path it took, and so a mitigation can rewrite one step (``s1_decl``,
 ``fwb``) and call :func:`finalize_types` instead of resolving again.
+
+Memory types are polars Enums whose codes follow ``model.MEMORY_TYPES``, most
+restrictive first: combining stage 1 and stage 2 is taking the smaller code.
+The arithmetic runs on those codes with numpy; strings never enter the loop.
 """
 
 from __future__ import annotations
@@ -14,10 +18,21 @@ import numpy as np
 import polars as pl
 
 from .errors import TraceFormatError
-from .model import MAIR_BYTE_TYPE, PATH_OF_TYPE, SCTLR_C, SCTLR_I, SCTLR_M, TYPE_RANK, TraceInfo
+from .model import (CMO_OPS, MAIR_BYTE_TYPE, MEMORY_TYPES, OPS, PATH_OF_TYPE, PATHS, SCTLR_C, SCTLR_I, SCTLR_M,
+                    SIDES, TYPE_RANK, TraceInfo)
 
-_RANK_TO_TYPE = {r: t for t, r in TYPE_RANK.items()}
-_NORMAL = ("nc", "wt", "wb")
+#: Closed vocabularies are polars Enums in the resolved frame: one byte a value
+#: instead of a string, so a 10-million-event trace stays small and fast.
+TYPE_ENUM = pl.Enum(MEMORY_TYPES)
+PATH_ENUM = pl.Enum(PATHS)
+SOURCES = ("mmu-off", "mair", "attr", "assumed-wb", "host-map", "host-attr", "device", "device-attr")
+SOURCE_ENUM = pl.Enum(SOURCES)
+VOCABULARY: dict[str, pl.DataType] = {
+    "side": pl.Enum(SIDES),
+    "op": pl.Enum(OPS),
+    "cmo": pl.Enum(CMO_OPS),
+    "attr": TYPE_ENUM,
+}
 
 #: Columns `resolve` adds, in order (documented in docs/architecture.md).
 RESOLVED_COLUMNS: dict[str, pl.DataType] = {
@@ -28,65 +43,63 @@ RESOLVED_COLUMNS: dict[str, pl.DataType] = {
     "host_cacheable": pl.Boolean(),
     "sctlr": pl.UInt64(),
     "mair": pl.UInt64(),
-    "s1_decl": pl.String(),
-    "s1_type": pl.String(),
-    "s2_type": pl.String(),
+    "s1_decl": TYPE_ENUM,
+    "s1_type": TYPE_ENUM,
+    "s2_type": TYPE_ENUM,
     "fwb": pl.Boolean(),
-    "mem_type": pl.String(),
-    "path": pl.String(),
-    "type_source": pl.String(),
+    "mem_type": TYPE_ENUM,
+    "path": PATH_ENUM,
+    "type_source": SOURCE_ENUM,
 }
 
-_col = pl.col
+_NONE = 255  # "no type" in the uint8 code arrays
+_DEV, _NC, _WT, _WB = TYPE_RANK["dev-ngnrne"], TYPE_RANK["nc"], TYPE_RANK["wt"], TYPE_RANK["wb"]
+_MAIR_CODES = np.array([TYPE_RANK[t] for t in MAIR_BYTE_TYPE], dtype=np.uint8)
+_PATH_CODES = np.array([PATHS.index(PATH_OF_TYPE[t]) for t in MEMORY_TYPES] + [_NONE], dtype=np.uint8)
+_OP = {o: i for i, o in enumerate(OPS)}
+_ZVA = CMO_OPS.index("dc.zva")
+_GUEST = SIDES.index("guest")
 
 
-def _typed_access() -> pl.Expr:
-    """Events that have a memory type: accesses and DC ZVA (a write of zeros)."""
-    return _col("op").is_in(["read", "write", "ifetch"]) | (_col("cmo") == "dc.zva")
+def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
+    """The Enum codes of ``series`` as uint8, 255 for null."""
+    return series.cast(dtype).to_physical().fill_null(_NONE).cast(pl.UInt8).to_numpy()
 
 
-def region_columns(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
-    """Region name, kind, stage-2 type, host mapping and shared flag of each event's address.
+def _enum(codes: np.ndarray, categories: tuple[str, ...], dtype: pl.DataType) -> pl.Series:
+    """An Enum Series from uint8 codes (255 -> null), without going through strings."""
+    idx = pl.Series(codes.astype(np.uint32))
+    idx = pl.select(pl.when(idx != _NONE).then(idx)).to_series()
+    return pl.Series(categories, dtype=dtype).gather(idx)
+
+
+def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame, np.ndarray]:
+    """Region name, kind, shared flag and host cacheability of each event's address, and its region index.
 
     Regions are few: a binary search of the sorted bases per event, no sort of the events.
     """
     regions = sorted(info.effective_regions(), key=lambda r: r.base)
     bases = np.array([r.base for r in regions], dtype=np.uint64)
-    ends = np.array([r.end if r.end < (1 << 64) else (1 << 64) - 1 for r in regions], dtype=np.uint64)
+    ends = np.array([min(r.end, (1 << 64) - 1) for r in regions], dtype=np.uint64)
+    unbounded = np.array([r.end >= (1 << 64) for r in regions], dtype=bool)
     addr = events["addr"].fill_null(0).to_numpy()
-    idx = np.searchsorted(bases, addr, side="right").astype(np.int64) - 1
     has_addr = events["addr"].is_not_null().to_numpy()
-    unbounded = [r.end >= (1 << 64) for r in regions]
+    idx = np.searchsorted(bases, addr, side="right").astype(np.int64) - 1
     safe = np.clip(idx, 0, len(regions) - 1)
-    inside = (idx >= 0) & ((addr < ends[safe]) | np.array(unbounded, dtype=bool)[safe]) & has_addr
-    pick = np.where(inside, safe, -1)
+    inside = (idx >= 0) & ((addr < ends[safe]) | unbounded[safe]) & has_addr
+    pick = np.where(inside, safe, len(regions))  # len(regions): no region
+    gather = pl.Series(pick.astype(np.uint32))
 
     def column(values: list, dtype: pl.DataType) -> pl.Series:
-        table = pl.Series(values + [None], dtype=dtype)
-        return table.gather(pl.Series(np.where(pick < 0, len(values), pick)))
+        return pl.Series(values + [None], dtype=dtype).gather(gather)
 
-    return pl.DataFrame(
-        {
-            "region": column([r.name for r in regions], pl.String()),
-            "region_kind": column([r.kind for r in regions], pl.String()),
-            "shared": column([r.shared for r in regions], pl.Boolean()),
-            "host_cacheable": column([r.host in ("wb", "wt") for r in regions], pl.Boolean()),
-            "_s2": column([r.s2 for r in regions], pl.String()),
-            "_host": column([r.host for r in regions], pl.String()),
-        }
-    )
-
-
-def _rank(expr: pl.Expr) -> pl.Expr:
-    return expr.replace_strict(TYPE_RANK, return_dtype=pl.Int8, default=None)
-
-
-def _unrank(expr: pl.Expr) -> pl.Expr:
-    return expr.replace_strict(_RANK_TO_TYPE, return_dtype=pl.String, default=None)
-
-
-def _bit(col: str, bit: int) -> pl.Expr:
-    return (_col(col) & bit) != 0
+    frame = pl.DataFrame({
+        "region": column([r.name for r in regions], pl.String()),
+        "region_kind": column([r.kind for r in regions], pl.String()),
+        "shared": column([r.shared for r in regions], pl.Boolean()),
+        "host_cacheable": column([r.host in ("wb", "wt") for r in regions], pl.Boolean()),
+    })
+    return frame, pick
 
 
 def finalize_types(frame: pl.DataFrame) -> pl.DataFrame:
@@ -96,95 +109,114 @@ def finalize_types(frame: pl.DataFrame) -> pl.DataFrame:
     on makes a Normal type Non-cacheable; stage 1 x stage 2 takes the more
     restrictive; FWB forces Write-Back. Host and device types are left as they are.
     """
-    guest_access = (_col("side") == "guest") & _col("s1_decl").is_not_null()
-    mmu_on = _bit("sctlr", SCTLR_M)
-    cache_bit_off = pl.when(_col("op") == "ifetch").then(~_bit("sctlr", SCTLR_I)).otherwise(~_bit("sctlr", SCTLR_C))
-    s1_type = (
-        pl.when(mmu_on & cache_bit_off & _col("s1_decl").is_in(_NORMAL))
-        .then(pl.lit("nc"))
-        .otherwise(_col("s1_decl"))
+    decl = _codes(frame["s1_decl"], TYPE_ENUM)
+    guest = decl != _NONE
+    sctlr = frame["sctlr"].fill_null(0).to_numpy()
+    ifetch = _codes(frame["op"], VOCABULARY["op"]) == _OP["ifetch"]
+    mmu_on = (sctlr & SCTLR_M) != 0
+    cache_off = np.where(ifetch, (sctlr & SCTLR_I) == 0, (sctlr & SCTLR_C) == 0)
+    s1 = np.where(guest & mmu_on & cache_off & (decl >= _NC), np.uint8(_NC), decl)
+    s2 = _codes(frame["s2_type"], TYPE_ENUM)
+    fwb = frame["fwb"].fill_null(False).to_numpy()
+    guest_mem = np.where(fwb, np.uint8(_WB), np.minimum(s1, s2))
+    mem = np.where(guest, guest_mem, _codes(frame["mem_type"], TYPE_ENUM)).astype(np.uint8)
+    return frame.with_columns(
+        _enum(s1, MEMORY_TYPES, TYPE_ENUM).alias("s1_type"),
+        _enum(mem, MEMORY_TYPES, TYPE_ENUM).alias("mem_type"),
+        _enum(_PATH_CODES[np.minimum(mem, len(MEMORY_TYPES))], PATHS, PATH_ENUM).alias("path"),
     )
-    frame = frame.with_columns(s1_type=pl.when(guest_access).then(s1_type).otherwise(_col("s1_type")))
-    combined = _unrank(pl.min_horizontal(_rank(_col("s1_type")), _rank(_col("s2_type"))))
-    guest_type = pl.when(_col("fwb")).then(pl.lit("wb")).otherwise(combined)
-    frame = frame.with_columns(mem_type=pl.when(guest_access).then(guest_type).otherwise(_col("mem_type")))
-    return frame.with_columns(path=_col("mem_type").replace_strict(PATH_OF_TYPE, default=None, return_dtype=pl.String))
+
+
+def _check_regions(frame: pl.DataFrame, accesses: np.ndarray, pick: np.ndarray, n_regions: int) -> None:
+    outside = accesses & (pick == n_regions) & frame["addr"].is_not_null().to_numpy()
+    if outside.any():
+        row = frame.row(int(np.argmax(outside)), named=True)
+        where = f"{row['src']}:{row['src_line']}" if row.get("src_line") is not None else f"{row['src']}"
+        raise TraceFormatError(f"{where}: expected an address inside a declared region, found {row['addr']:#x}")
 
 
 def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     """Add the resolved columns (docs/architecture.md) to trace-v1 events, sorted by (seq, sub)."""
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
-    events = events.sort("seq", "sub")
-    regions = region_columns(events, info)
-    frame = pl.concat([events, regions], how="horizontal")
+    if not (events["seq"].is_sorted() and (events["sub"] == 0).all()):
+        events = events.sort("seq", "sub")
+    events = events.with_columns(*(pl.col(c).cast(t) for c, t in VOCABULARY.items() if c in events.columns))
+    regions = sorted(info.effective_regions(), key=lambda r: r.base)
+    region_frame, pick = region_columns(events, info)
 
-    bad = frame.filter(_col("addr").is_not_null() & _col("region").is_null() & _col("op").is_in(["read", "write", "ifetch"]))
-    if bad.height:
-        row = bad.row(0, named=True)
-        where = f"{row['src']}:{row['src_line']}" if row.get("src_line") is not None else f"{row['src']}"
-        raise TraceFormatError(f"{where}: expected an address inside a declared region, found {row['addr']:#x}")
+    op = _codes(events["op"], VOCABULARY["op"])
+    side = _codes(events["side"], VOCABULARY["side"])
+    zva = _codes(events["cmo"], VOCABULARY["cmo"]) == _ZVA
+    access = (op == _OP["read"]) | (op == _OP["write"]) | (op == _OP["ifetch"])
+    typed = access | zva
+    _check_regions(events, access, pick, len(regions))
 
-    is_guest = _col("side") == "guest"
+    # per-vCPU SCTLR_EL1 / MAIR_EL1, carried forward from the vCPU's own writes (0 at reset)
+    is_guest = pl.col("side") == "guest"
     state = {}
     for reg, name in (("SCTLR_EL1", "sctlr"), ("MAIR_EL1", "mair")):
-        setting = pl.when(is_guest & (_col("op") == "sysreg") & (_col("sysreg") == reg)).then(_col("value"))
+        setting = pl.when(is_guest & (pl.col("op") == "sysreg") & (pl.col("sysreg") == reg)).then(pl.col("value"))
         state[name] = pl.when(is_guest).then(setting.forward_fill().over("agent").fill_null(0)).cast(pl.UInt64)
-    frame = frame.with_columns(**state)
+    sysregs = events.select(**state)
+    sctlr = sysregs["sctlr"].fill_null(0).to_numpy()
+    mair = sysregs["mair"].fill_null(0).to_numpy()
 
-    typed = _typed_access()
-    guest_typed = is_guest & typed
-    mmu_off = ~_bit("sctlr", SCTLR_M)
-    mair_byte = (_col("mair") // pl.lit(256, dtype=pl.UInt64).pow(_col("attr_index").cast(pl.UInt64))) % 256
-    mair_type = mair_byte.cast(pl.Int64).replace_strict(dict(enumerate(MAIR_BYTE_TYPE)), return_dtype=pl.String)
-    mmu_off_type = (
-        pl.when(_col("op") == "ifetch")
-        .then(pl.when(_bit("sctlr", SCTLR_I)).then(pl.lit("wt")).otherwise(pl.lit("nc")))
-        .otherwise(pl.lit("dev-ngnrne"))
-    )
-    s1_decl = (
-        pl.when(mmu_off).then(mmu_off_type)
-        .when(_col("attr").is_not_null()).then(_col("attr"))
-        .when(_col("attr_index").is_not_null()).then(mair_type)
-        .otherwise(pl.lit("wb"))
-    )
-    guest_source = (
-        pl.when(mmu_off).then(pl.lit("mmu-off"))
-        .when(_col("attr").is_not_null()).then(pl.lit("attr"))
-        .when(_col("attr_index").is_not_null()).then(pl.lit("mair"))
-        .otherwise(pl.lit("assumed-wb"))
-    )
+    # stage 1 of guest accesses: MMU off, attr=, MAIR[AttrIndx], or assumed WB
+    guest = (side == _GUEST) & typed
+    ifetch = op == _OP["ifetch"]
+    mmu_off = (sctlr & SCTLR_M) == 0
+    attr = _codes(events["attr"], TYPE_ENUM)
+    idx_series = events["attr_index"]
+    has_idx = idx_series.is_not_null().to_numpy()
+    idx = idx_series.fill_null(0).to_numpy().astype(np.uint64) & np.uint64(7)
+    mair_type = _MAIR_CODES[((mair >> (idx * np.uint64(8))) & np.uint64(0xFF)).astype(np.intp)]
+    mmu_off_type = np.where(ifetch, np.where((sctlr & SCTLR_I) != 0, _WT, _NC), _DEV).astype(np.uint8)
+    conds = [mmu_off, attr != _NONE, has_idx]
+    s1_decl = np.select(conds, [mmu_off_type, attr, mair_type], default=_WB).astype(np.uint8)
+    g_source = np.select(conds, [SOURCES.index("mmu-off"), SOURCES.index("attr"), SOURCES.index("mair")],
+                         default=SOURCES.index("assumed-wb"))
 
-    coherent = {d.name: d.coherent for d in info.devices}
-    device_name = _col("agent").str.split(".").list.get(1, null_on_oob=True)
-    device_type = device_name.replace_strict(
-        {n: ("wb" if c else "nc") for n, c in coherent.items()}, default=None, return_dtype=pl.String
+    # host mappings and devices
+    s2_of_region = np.array([TYPE_RANK[r.s2] for r in regions] + [_NONE], dtype=np.uint8)
+    host_of_region = np.array([TYPE_RANK.get(r.host, _DEV) for r in regions] + [_NONE], dtype=np.uint8)
+    ram_region = np.array([r.kind == "ram" for r in regions] + [False])
+    host = (side == SIDES.index("host")) & typed
+    dev = (side == SIDES.index("dev")) & typed
+    dev_type = _device_types(events, info, dev)
+    other_type = np.where(attr != _NONE, attr, np.where(host, host_of_region[pick], dev_type))
+    has_attr = attr != _NONE
+    other_source = np.where(host, np.where(has_attr, SOURCES.index("host-attr"), SOURCES.index("host-map")),
+                            np.where(has_attr, SOURCES.index("device-attr"), SOURCES.index("device")))
+
+    none = np.uint8(_NONE)
+    frame = pl.concat([events, region_frame], how="horizontal").with_columns(
+        sctlr=sysregs["sctlr"], mair=sysregs["mair"],
+        s1_decl=_enum(np.where(guest, s1_decl, none), MEMORY_TYPES, TYPE_ENUM),
+        s1_type=_enum(np.full(len(op), none), MEMORY_TYPES, TYPE_ENUM),
+        s2_type=_enum(np.where(guest, s2_of_region[pick], none), MEMORY_TYPES, TYPE_ENUM),
+        fwb=pl.Series(np.where(guest, info.fwb & ram_region[pick], False)).set(pl.Series(~guest), None),
+        mem_type=_enum(np.where(typed & ~guest, other_type, none).astype(np.uint8), MEMORY_TYPES, TYPE_ENUM),
+        type_source=_enum(np.where(guest, g_source, np.where(typed, other_source, none)).astype(np.uint8),
+                          SOURCES, SOURCE_ENUM),
     )
-    host_map = pl.when(_col("_host") == "none").then(pl.lit("dev-ngnrne")).otherwise(_col("_host"))
-    side = _col("side")
-    other_type = (
-        pl.when(_col("attr").is_not_null()).then(_col("attr"))
-        .when(side == "host").then(host_map)
-        .when(side == "dev").then(device_type)
-    )
-    other_source = (
-        pl.when(side == "host").then(pl.when(_col("attr").is_not_null()).then(pl.lit("host-attr")).otherwise(pl.lit("host-map")))
-        .when(side == "dev").then(pl.when(_col("attr").is_not_null()).then(pl.lit("device-attr")).otherwise(pl.lit("device")))
-    )
-    frame = frame.with_columns(
-        s1_decl=pl.when(guest_typed).then(s1_decl),
-        s1_type=pl.lit(None, dtype=pl.String),
-        s2_type=pl.when(guest_typed).then(_col("_s2")),
-        fwb=pl.when(guest_typed).then(pl.lit(info.fwb) & (_col("region_kind") == "ram")),
-        mem_type=pl.when(typed & ~is_guest).then(other_type),
-        type_source=pl.when(guest_typed).then(guest_source).when(typed).then(other_source),
-    )
-    missing = frame.filter(typed & (side == "dev") & _col("mem_type").is_null())
-    if missing.height:
-        row = missing.row(0, named=True)
-        raise TraceFormatError(
-            f"{row['src']}:{row['src_line']}: expected a device declared with @device, found {row['agent']!r}"
-        )
-    frame = finalize_types(frame).drop("_s2", "_host")
+    frame = finalize_types(frame)
     extra = [c for c in frame.columns if c not in RESOLVED_COLUMNS and c not in events.columns]
     return frame.select(*events.columns, *[c for c in RESOLVED_COLUMNS if c != "sub"], *extra)
+
+
+def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray) -> np.ndarray:
+    """Type code of each device access from its declaration (coherent: WB, else NC); 255 elsewhere."""
+    out = np.full(len(dev), _NONE, dtype=np.uint8)
+    if not dev.any():
+        return out
+    coherent = {d.name: d.coherent for d in info.devices}
+    names = events["agent"].filter(pl.Series(dev)).str.split(".").list.get(1, null_on_oob=True)
+    undeclared = names.is_null() | ~names.is_in(list(coherent))
+    if undeclared.any():
+        row = events.filter(pl.Series(dev)).filter(undeclared).row(0, named=True)
+        raise TraceFormatError(
+            f"{row['src']}:{row['src_line']}: expected a device declared with @device, found {row['agent']!r}")
+    codes = names.replace_strict({n: (_WB if c else _NC) for n, c in coherent.items()}, return_dtype=pl.UInt8)
+    out[dev] = codes.to_numpy()
+    return out

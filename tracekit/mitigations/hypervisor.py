@@ -150,7 +150,7 @@ def kvm_cache_toggle_traps(frame: Frame, ctx: MitigationContext) -> dict[str, in
     """VM-register writes taken while trapping is on (by register) and every set/way operation (by op)."""
     st = toggle_state(frame)
     regs = _count_by(st.filter((_col("op") == "sysreg") & _col("_trapping")), _col("sysreg"))
-    sw = _count_by(st.filter(_col("op") == "cmo"), _col("cmo").str.to_uppercase().str.replace(".", " ", literal=True))
+    sw = _count_by(st.filter(_col("op") == "cmo"), _col("cmo").cast(pl.String).str.to_uppercase().str.replace(".", " ", literal=True))
     return {**regs, **sw}
 
 
