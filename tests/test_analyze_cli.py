@@ -121,3 +121,25 @@ def test_report_written_in_the_same_run(tmp_path):
     assert run("analyze", BOOT, "-m", "none", "--report", rep, "-q").exit_code == 0
     text = rep.read_text()
     assert "| " in text and "stale-line-not-invalidated" in text
+
+
+def test_memory_budget_replays_a_big_trace_by_parts_with_the_same_findings(tmp_path, monkeypatch):
+    import tracekit.partition as partition
+
+    calls = []
+    original = partition.replay_partitioned
+
+    def recording(*args, **kwargs):
+        calls.append(original(*args, **kwargs))
+        return calls[-1]
+
+    monkeypatch.setattr(partition, "replay_partitioned", recording)
+    # 400k events need ~630 MB by the partitioner's estimate: a 420M budget forces parts
+    trace = tmp_path / "t.parquet"
+    assert run("synth", "--events", "400000", "--seed", "3", "--profile", "mixed", "-o", trace).exit_code == 0
+    whole, parts = tmp_path / "whole.parquet", tmp_path / "parts.parquet"
+    assert run("analyze", trace, "-m", "none", "-m", "guest-dma-cmo", "-o", whole, "-q").exit_code == 0
+    r = run("analyze", trace, "-m", "none", "-m", "guest-dma-cmo", "-o", parts, "--memory-budget", "420M", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(calls) == 1 and calls[0]["partition"]["parts"] > 1
+    assert pl.read_parquet(parts).equals(pl.read_parquet(whole))

@@ -28,6 +28,8 @@ def analyze(
     fail_on: Optional[str] = typer.Option(None, help="Exit 1 when findings of these kinds remain "
                                           "(comma-separated: stale-read,lost-write,stale-ifetch)."),
     input_format: Optional[str] = typer.Option(None, help="Input format when ingesting on the fly (default: detect)."),
+    memory_budget: Optional[str] = typer.Option(None, help="Memory to stay within, e.g. 1G (default: a quarter of "
+                                                "RAM); a bigger trace Parquet is replayed part by part."),
     concat: bool = typer.Option(False, help="Append several inputs in order instead of merging by timestamp."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars and no summary on stdout."),
@@ -46,9 +48,20 @@ def analyze(
     for out in (output, emit_trace, report):
         if out is not None:
             check_output(out, force=force)
-    trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format, concat=concat)
-    result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
-                 keep_transformed=emit_trace is not None)
+    from ..partition import default_budget, parse_size, should_partition
+
+    budget = parse_size(memory_budget) if memory_budget else default_budget()
+    single = inputs[0] if len(inputs) == 1 else None
+    if (single is not None and single.suffix == ".parquet" and emit_trace is None
+            and should_partition(single, budget)):
+        result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
+                                      speculation=speculation, line_size=line_size, force=force, quiet=quiet)
+        output = None  # written part by part
+    else:
+        trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
+                     concat=concat)
+        result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
+                     keep_transformed=emit_trace is not None)
     if output is not None:
         result.write(output, force=force)
     if emit_trace is not None:
@@ -62,6 +75,19 @@ def analyze(
     if kinds and gate(result.findings, kinds):
         typer.echo(f"tracekit: {gate_message(result.findings, kinds)}", err=True)
         raise typer.Exit(1)
+
+
+def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[str], *, budget: int, **kw):
+    """Replay a trace larger than the budget line-partition by line-partition; findings go to ``output``."""
+    import tempfile
+
+    from ..analyze import load_analysis
+    from ..partition import replay_partitioned
+
+    with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
+        dest = output if output is not None else Path(tmp) / "findings.parquet"
+        replay_partitioned(trace, dest, mitigations, budget_bytes=budget, **kw)
+        return load_analysis(dest)
 
 
 def _format_of(path: Path) -> str:

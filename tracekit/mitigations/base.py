@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
 import polars as pl
 
 from ..errors import TracekitError, UnknownMitigationError
@@ -409,8 +410,43 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
     ls = info.line_size
     b, a = lazy(before), lazy(after)
     key = ["seq", "sub"]
+    before_df = before if isinstance(before, pl.DataFrame) else None
+    after_df = after if isinstance(after, pl.DataFrame) else None
+    if before_df is not None and after_df is not None and not (before_df["sub"] != 0).any():
+        # the usual case, `before` is the recorded trace: what `after` inserted is what has sub != 0,
+        # and the recorded rows it kept are still in seq order (no join over the whole trace)
+        ins = after_df.filter(pl.col("sub") != 0).select("op", "cmo", "addr", "size")
+        kept = after_df.filter(pl.col("sub") == 0)
+        removed = before_df.height - kept.height
+        typed = is_typed_access()
+        if removed == 0:
+            changed = before_df.select(typed.alias("_t"), _from=pl.col("mem_type")).with_columns(
+                _to=kept["mem_type"]).filter(pl.col("_t") & pl.col("_from").ne_missing(pl.col("_to")))
+        else:
+            changed = (before_df.filter(typed).select("seq", _from=pl.col("mem_type"))
+                       .join(kept.filter(typed).select("seq", _to=pl.col("mem_type")), on="seq", how="inner")
+                       .filter(pl.col("_from").ne_missing(pl.col("_to"))))
+        re = (changed.group_by("_from", "_to").len()
+              .with_columns(pl.col("_from").cast(pl.String), pl.col("_to").cast(pl.String))
+              .sort("len", "_from", "_to", descending=[True, False, False], nulls_last=True))
+        return _cost(ins, re, before, info, traps, removed)
     ins = collect(a.join(b.select(key), on=key, how="anti").select("op", "cmo", "addr", "size"))
     removed = collect(b.join(a.select(key), on=key, how="anti").select(pl.len())).item()
+    typed = is_typed_access()
+    re = collect(
+        b.filter(typed).select(*key, _from=pl.col("mem_type"))
+        .join(a.filter(typed).select(*key, _to=pl.col("mem_type")), on=key, how="inner")
+        .filter(pl.col("_from").ne_missing(pl.col("_to")))
+        .group_by("_from", "_to").len()
+        .with_columns(pl.col("_from").cast(pl.String), pl.col("_to").cast(pl.String))
+        .sort("len", "_from", "_to", descending=[True, False, False], nulls_last=True)
+    )
+    return _cost(ins, re, before, info, traps, removed)
+
+
+def _cost(ins: pl.DataFrame, re: pl.DataFrame, before: Frame, info: TraceInfo,
+          traps: Mapping[str, int] | None, removed: int) -> MitigationCost:
+    ls = info.line_size
     by_addr = ins.filter(pl.col("addr").is_not_null())
     lines = int(by_addr.select((last_line(ls) - first_line(ls) + 1).sum()).item() or 0) if by_addr.height else 0
     whole = ins.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
@@ -420,14 +456,6 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
             lines += n_ram * ram_lines_touched(before, ls)
         if whole.height - n_ram:
             lines += (whole.height - n_ram) * _lines_touched(before, ls)
-    typed = is_typed_access()
-    re = collect(
-        b.filter(typed).select(*key, _from=pl.col("mem_type"))
-        .join(a.filter(typed).select(*key, _to=pl.col("mem_type")), on=key, how="inner")
-        .filter(pl.col("_from").ne_missing(pl.col("_to")))
-        .group_by("_from", "_to").len()
-        .sort("len", "_from", "_to", descending=[True, False, False], nulls_last=True)
-    )
     retyped = [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
     return MitigationCost(
         traps={k: int(v) for k, v in sorted((traps or {}).items()) if v},
@@ -578,6 +606,9 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo
     """
     names = parse_spec(spec)
     resolved = collect(resolved)
+    if names == ["none"]:  # the baseline: nothing to transform, nothing to count
+        frame = resolved if "sub" in resolved.columns else resolved.with_columns(sub=pl.lit(0, dtype=pl.Int32))
+        return frame, info, MitigationCost()
     if "sub" not in resolved.columns:
         resolved = resolved.with_columns(sub=pl.lit(0, dtype=pl.Int32))
     schema = resolved.schema
@@ -592,5 +623,16 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo
             traps.update({str(t): int(c) for t, c in dict(m.traps(frame, ctx)).items()})
         frame = _conform_like(collect(m.apply(frame, ctx)), schema, name)
         info = new_info
-    frame = frame.sort("seq", "sub", maintain_order=True)
+    if not _ordered(frame):
+        frame = frame.sort("seq", "sub", maintain_order=True)
     return frame, info, mitigation_cost(resolved, frame, info, traps)
+
+
+def _ordered(frame: pl.DataFrame) -> bool:
+    """Whether the frame is already in (seq, sub) order (checking is far cheaper than sorting)."""
+    if frame.height < 2:
+        return True
+    seq = frame["seq"].to_numpy().astype(np.int64)
+    sub = frame["sub"].to_numpy().astype(np.int64)
+    dseq, dsub = np.diff(seq), np.diff(sub)
+    return bool(np.all((dseq > 0) | ((dseq == 0) & (dsub > 0))))

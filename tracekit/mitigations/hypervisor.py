@@ -7,12 +7,15 @@ is computed with window expressions over the vCPU's few control events
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import polars as pl
 
 from ..model import MAIR_BYTE_TYPE, SCTLR_C, SCTLR_M, SET_WAY_OPS, TraceInfo
 from .base import (
     TVM_REGISTERS,
     Frame,
+    collect,
     Mitigation,
     MitigationContext,
     add_events,
@@ -51,15 +54,19 @@ def _count_by(lf: pl.LazyFrame, key: pl.Expr) -> dict[str, int]:
 MAIR_TRAP_BYTE = {b: (0xFF if MAIR_BYTE_TYPE[b] in ("nc", "wt") else b) for b in range(256)}
 
 
-def mair_trap_value(expr: pl.Expr) -> pl.Expr:
+def trapped_mair(value: int) -> int:
     """A MAIR_EL1 value with every Normal Non-cacheable / Write-Through byte replaced by 0xFF."""
-    out = None
-    for i in range(8):
-        scale = pl.lit(1 << (8 * i), dtype=pl.UInt64)
-        byte = ((expr // scale) % 256).cast(pl.Int64)
-        new = byte.replace_strict(MAIR_TRAP_BYTE, return_dtype=pl.UInt64) * scale
-        out = new if out is None else out + new
-    return out.cast(pl.UInt64)
+    return sum(MAIR_TRAP_BYTE[(value >> (8 * i)) & 0xFF] << (8 * i) for i in range(8))
+
+
+def mair_trap_value(expr: pl.Expr, values: Iterable[int]) -> pl.Expr:
+    """``expr`` with each MAIR value rewritten as KVM installs it.
+
+    A trace holds a handful of distinct MAIR values, so the rewrite is a lookup
+    over those, not byte arithmetic over every row.
+    """
+    mapping = {int(v): trapped_mair(int(v)) for v in values if v is not None}
+    return expr.replace(mapping) if mapping else expr
 
 
 def mair_trap(frame: Frame, ctx: MitigationContext) -> pl.DataFrame:
@@ -70,16 +77,18 @@ def mair_trap(frame: Frame, ctx: MitigationContext) -> pl.DataFrame:
     guest's MAIR_EL1 writes (``value``) and the ``mair`` column show the value
     KVM installs instead. Device entries stay Device.
     """
-    lf = lazy(frame)
+    df = collect(frame)
+    lf = df.lazy()
     is_guest = _col("side") == "guest"
+    values = set(df["mair"].drop_nulls().unique().to_list())
+    values |= set(df.filter(_guest_sysreg("MAIR_EL1"))["value"].drop_nulls().to_list())
     retype = (recorded() & is_guest & _col("type_source").is_in(["mair", "attr"]).fill_null(False)
               & _col("s1_decl").is_in(["nc", "wt"]).fill_null(False))
     mair_write = _guest_sysreg("MAIR_EL1")
     lf = lf.with_columns(
         s1_decl=pl.when(retype).then(pl.lit("wb")).otherwise(_col("s1_decl")),
-        value=pl.when(mair_write).then(mair_trap_value(_col("value"))).otherwise(_col("value")),
-        mair=pl.when(is_guest & _col("mair").is_not_null()).then(mair_trap_value(_col("mair")))
-        .otherwise(_col("mair")),
+        value=pl.when(mair_write).then(mair_trap_value(_col("value"), values)).otherwise(_col("value")),
+        mair=mair_trap_value(_col("mair"), values),
     )
     return finalize(lf, ctx.info)
 
