@@ -19,6 +19,7 @@ import queue
 import shutil
 import tempfile
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +39,13 @@ MERGE_BATCH = 1 << 20
 PathLike = str | os.PathLike[str]
 
 
-def file_sha256(path: PathLike) -> str:
+def file_sha256(path: PathLike, stop: threading.Event | None = None) -> str:
+    """Hex SHA-256 of a file; ``stop`` set by another thread abandons it (returns "")."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(8 << 20):
+            if stop is not None and stop.is_set():
+                return ""
             h.update(chunk)
     return h.hexdigest()
 
@@ -250,9 +254,10 @@ class _Tally:
         """Number ``df`` (seq) after the rows seen so far and count it."""
         df = df.with_columns(seq=pl.int_range(self.n, self.n + df.height, dtype=pl.UInt64))
         self.n += df.height
-        for col, c in (("op", self.op), ("agent", self.agent)):
-            vc = df[col].value_counts()
-            c.update(dict(zip(vc[col].to_list(), vc["count"].to_list())))
+        pairs = df.group_by("op", "agent").len()  # one pass for both counts
+        for op, agent, k in pairs.iter_rows():
+            self.op[op] += k
+            self.agent[agent] += k
         t = df["time"]
         if t.null_count() < df.height:
             lo, hi = t.min(), t.max()
@@ -266,8 +271,10 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
     return schema.conform(df.with_columns(seq=pl.lit(0, dtype=pl.UInt64)), schema.TRACE_SCHEMA).drop("seq")
 
 
-def _input_files(ins: list[_Input]) -> tuple[InputFile, ...]:
-    return tuple(InputFile(inp.src, file_sha256(inp.path), inp.format) for inp in ins)
+def _input_files(ins: list[_Input], hashes: list[Future] | None = None) -> tuple[InputFile, ...]:
+    if hashes is None:
+        return tuple(InputFile(inp.src, file_sha256(inp.path), inp.format) for inp in ins)
+    return tuple(InputFile(inp.src, h.result(), inp.format) for inp, h in zip(ins, hashes))
 
 
 def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: str | None = None,
@@ -290,6 +297,12 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
     merge = len(ins) > 1 and not concat
     parent = out.parent if str(out.parent) else Path(".")
     spill_dir: Path | None = None
+    # The inputs' SHA-256 (for the metadata) is computed in a thread while they are
+    # read: hashlib releases the GIL, and reading a file once more costs little.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracekit-sha256")
+    stop_hashing = threading.Event()  # set on an error, so a bad input fails at once
+    hashes = [hasher.submit(file_sha256, inp.path, stop_hashing) for inp in ins]
+    source: Iterable[pl.DataFrame] = ()
     try:
         # The settings go into the file's metadata, which is written first. The importers
         # of this package know them before any event ("settings_upfront"), so a single
@@ -300,12 +313,12 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
             for inp in ins:
                 inp.result = get_importer(inp.format).read(inp.path, options)
                 agree.add(inp.src, inp.result.info)
-            source: Iterable[pl.DataFrame] = _stream_upfront(ins)
+            source = _stream_upfront(ins)  # starts reading now, while the inputs are hashed
         else:
             spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill.", dir=parent))
             readers = list(_spill_all(ins, options, concat=concat, agree=agree, spill_dir=spill_dir))
             source = (df for r in readers for df in r())
-        info = (agree.first[1] if agree.first else TraceInfo()).replace(inputs=_input_files(ins))
+        info = (agree.first[1] if agree.first else TraceInfo()).replace(inputs=_input_files(ins, hashes))
 
         def numbered() -> Iterator[pl.DataFrame]:
             with progress(desc=f"writing {out.name}", unit="ev", unit_scale=True, quiet=quiet) as bar:
@@ -318,6 +331,11 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
         schema.write_table(numbered(), out, schema=schema.TRACE_SCHEMA, info=info, force=force,
                            extra_metadata={"order": order})
     finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+        stop_hashing.set()  # done by now unless an error ended the ingest early
+        hasher.shutdown(wait=False, cancel_futures=True)
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
     span = (tally.tmin, tally.tmax) if tally.tmin is not None else None
@@ -333,20 +351,30 @@ def _stream_upfront(ins: list[_Input]) -> Iterator[pl.DataFrame]:
     return prefetch(batches())
 
 
-def prefetch(batches: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.DataFrame]:
-    """Run ``batches`` in a thread, ``depth`` ahead of the consumer.
+def prefetch(batches: Iterator[pl.DataFrame], depth: int = 2) -> "_Prefetch":
+    """Run ``batches`` in a thread, ``depth`` ahead of the consumer, starting now.
 
     Parsing (polars) and writing (pyarrow) both release the GIL, so on two
     cores reading batch n+1 overlaps writing batch n. Errors reach the consumer
-    in order; a consumer that stops early stops the producer.
+    in order; a consumer that stops early (or calls ``close``) stops the producer.
     """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    return _Prefetch(batches, depth)
 
-    def produce() -> None:
+
+class _Prefetch:
+    _DONE = object()
+
+    def __init__(self, batches: Iterator[pl.DataFrame], depth: int) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._batches = batches
+        self._thread = threading.Thread(target=self._produce, name="tracekit-ingest-read", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        q, stop = self._q, self._stop
         try:
-            for b in batches:
+            for b in self._batches:
                 while not stop.is_set():
                     try:
                         q.put(("ok", b), timeout=0.1)
@@ -355,29 +383,29 @@ def prefetch(batches: Iterator[pl.DataFrame], depth: int = 2) -> Iterator[pl.Dat
                         continue
                 if stop.is_set():
                     return
-            q.put(("ok", done))
+            q.put(("ok", self._DONE))
         except BaseException as e:  # forwarded to the consumer, raised there
             q.put(("err", e))
 
-    t = threading.Thread(target=produce, name="tracekit-ingest-read", daemon=True)
-    t.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "err":
-                raise item
-            if item is done:
-                return
-            yield item
-    finally:
-        stop.set()
-        while t.is_alive():  # drain so a blocked producer can see the stop flag
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        try:
+            while True:
+                kind, item = self._q.get()
+                if kind == "err":
+                    raise item
+                if item is self._DONE:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # drain so a blocked producer can see the stop flag
             try:
-                q.get(timeout=0.05)
+                self._q.get(timeout=0.05)
             except queue.Empty:
                 pass
-        if hasattr(batches, "close"):
-            batches.close()
 
 
 def _spill_all(ins: list[_Input], options: ImportOptions, *, concat: bool, agree: _Agreement,

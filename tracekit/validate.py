@@ -68,9 +68,10 @@ def first_error(df: pl.DataFrame, checks: list[Check], src: str, line_col: str =
     """
     if not checks or df.height == 0:
         return
-    flags = df.select(pl.any_horizontal([c.bad.fill_null(False) for c in checks]).alias("bad"))["bad"]
-    if not flags.any():
+    any_bad = pl.any_horizontal([c.bad.fill_null(False) for c in checks])
+    if not df.select(any_bad.any()).item():  # the common case: one scalar, no mask kept
         return
+    flags = df.select(any_bad.alias("bad"))["bad"]
     row = df.filter(flags).head(1)
     for c in checks:
         if row.select(c.bad.fill_null(False)).item():
@@ -137,6 +138,19 @@ class Fields:
     prepare: list[list[pl.Expr]]  # stages, each computed with with_columns
     columns: dict[str, pl.Expr]
     checks: list[Check]
+    line_size: int = 64
+
+    def fast(self, df: pl.DataFrame, keep: tuple[str, ...] = ()) -> pl.DataFrame | None:
+        """The typed columns of a batch in which every row is valid, else None.
+
+        The common case, a clean batch, is decided with a few cheap kernels
+        (numbers parsed once, the few distinct agents/operations/names checked
+        once each, the rest boolean masks). None means "some row may break a
+        check": the caller then runs the exact checks (``helpers``) to name the
+        first bad line. Accepting here implies the exact checks accept, and the
+        columns are the same as ``select`` gives.
+        """
+        return _fast_typed(df, self.line_size, keep)
 
     def helpers(self, lf: pl.LazyFrame) -> pl.LazyFrame:
         """``lf`` with the helper columns and ``_typed_bad`` (the row breaks a check)."""
@@ -261,7 +275,128 @@ def typed_fields(*, line_size: int) -> Fields:
         "attr": attr,
         "attr_index": idx.cast(pl.UInt8, strict=False),
     }
-    return Fields([stages[0] + prepare, stages[1] + later, stages[2], stages[3]], columns, checks)
+    return Fields([stages[0] + prepare, stages[1] + later, stages[2], stages[3]], columns, checks, line_size)
+
+
+def _uint_fast(s: pl.Series) -> pl.Series | None:
+    """Decimal or 0x-hex text -> u64, or None if any value is malformed or too big.
+
+    ``str.to_integer`` accepts exactly NUMBER_RE's digits plus a leading '+',
+    which is refused here; a null result on non-null text means malformed or
+    past 2^64. A column of one kind (all decimal, all 0x) is parsed once.
+    """
+    nulls = s.null_count()
+    if nulls == s.len():
+        return s.cast(pl.UInt64)
+    first = s.drop_nulls()[0] if nulls else s[0]
+    if not first.startswith("0x"):
+        v = s.str.to_integer(base=10, dtype=pl.UInt64, strict=False)
+        if v.null_count() == nulls:
+            return None if s.str.starts_with("+").any() else v
+    elif s.str.starts_with("0x").sum() == s.len() - nulls:
+        digits = s.str.slice(2)
+        v = digits.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+        if v.null_count() == nulls:
+            return None if digits.str.starts_with("+").any() else v
+    # mixed spellings (or a bad value): the general form decides
+    if s.str.contains("+", literal=True).any():
+        return None
+    v = pl.DataFrame({"s": s}).select(uint_value(pl.col("s"))).to_series().rename(s.name)
+    return v if v.null_count() == nulls else None
+
+
+def _size_fast(s: pl.Series) -> pl.Series | None:
+    """A size (number, optional K/M/G) -> bytes, or None if any is malformed or too big."""
+    v = _uint_fast(s)
+    if v is not None:
+        return v
+    frame = pl.DataFrame({"size": s})
+    for stage in size_stages("size"):
+        frame = frame.with_columns(stage)
+    ok = frame.select((pl.col("size").is_null() | (pl.col("_size_ok") & pl.col("_size_fits"))).all()).item()
+    return frame["_size_v"].rename(s.name) if ok else None
+
+
+def _fast_typed(df: pl.DataFrame, line_size: int, keep: tuple[str, ...]) -> pl.DataFrame | None:
+    """See :meth:`Fields.fast`."""
+    n = df.height
+    agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
+    # the few distinct names of a batch, checked once each
+    agents = agent_t.unique()
+    if agents.null_count() or not agents.str.contains(AGENT_RE).all():
+        return None
+    ops = op_t.unique()
+    if ops.null_count() or not ops.is_in(list(OPS)).all():
+        return None
+    cmos = cmo_t.drop_nulls().unique()
+    if not cmos.is_in(list(CMO_OPS)).all():
+        return None
+    sysregs = sysreg_t.drop_nulls().unique()
+    if not sysregs.str.contains(SYSREG_RE).all():
+        return None
+    attrs = attr_t.drop_nulls().unique().to_list()
+    if any(a not in ATTR_ALIASES for a in attrs):
+        return None
+    # numbers, parsed once
+    addr = _uint_fast(df["addr"])
+    value = _uint_fast(df["value"])
+    size = _size_fast(df["size"])
+    idx = _uint_fast(df["attr_index"])
+    if addr is None or value is None or size is None or idx is None or (idx > 7).any():
+        return None
+    time = df["time"].cast(pl.Float64, strict=False)
+    if time.null_count() != df["time"].null_count() or not time.is_finite().all():
+        return None  # inf/nan are refused by FLOAT_RE (1e400 is not: the exact path decides)
+
+    op = pl.col("op")
+    addr_nn, size_nn, value_nn = pl.col("addr").is_not_null(), pl.col("size").is_not_null(), pl.col("value").is_not_null()
+    cmo_nn, sysreg_nn = pl.col("cmo").is_not_null(), pl.col("sysreg").is_not_null()
+    typed_nn = pl.col("attr").is_not_null() | pl.col("attr_index").is_not_null()
+    is_access = (op == "read") | (op == "write") | (op == "ifetch")
+    is_cmo, is_sysreg = op == "cmo", op == "sysreg"
+    no_addr = [c for c in cmos.to_list() if c in CMO_WITHOUT_ADDRESS]
+    cmo_no_addr = pl.col("cmo").is_in(no_addr) if no_addr else pl.lit(False)
+    addr_or_size = addr_nn | size_nn
+    bad = [  # the structural checks of typed_fields (fields are well formed here)
+        is_cmo & ~cmo_nn,
+        ~is_cmo & cmo_nn,
+        is_cmo & cmo_no_addr & addr_or_size,
+        is_cmo & ~cmo_no_addr & ~addr_nn,
+        is_access & ~addr_nn,
+        is_access & addr_nn & ~size_nn,
+        ~is_access & ~is_cmo & addr_or_size,
+        is_sysreg & ~sysreg_nn,
+        ~is_sysreg & sysreg_nn,
+        is_sysreg & ~value_nn,
+        ~is_access & ~is_cmo & typed_nn,
+    ]
+    if df.select(pl.any_horizontal(bad).any()).item():
+        return None
+
+    if "guest" in agents.to_list() or "host" in agents.to_list():
+        agent = agent_t.replace({"guest": "guest.0", "host": "host.0"})
+    else:
+        agent = agent_t
+    sides = {a.split(".", 1)[0] for a in agents.to_list()}  # guest, host or dev (the agents are valid)
+    if len(sides) == 1:
+        side = pl.repeat(sides.pop(), n, dtype=pl.String, eager=True)
+    else:  # the first letter tells the three apart
+        a = pl.col("agent")
+        side = df.select(pl.when(a.str.starts_with("g")).then(pl.lit("guest"))
+                         .when(a.str.starts_with("h")).then(pl.lit("host")).otherwise(pl.lit("dev"))).to_series()
+    if attrs and any(ATTR_ALIASES[a] != a for a in attrs):
+        attr = attr_t.replace_strict(ATTR_ALIASES, default=None, return_dtype=pl.String)
+    else:
+        attr = attr_t
+    out = pl.DataFrame({
+        "time": time, "agent": agent, "side": side, "op": op_t, "addr": addr, "size": size, "cmo": cmo_t,
+        "sysreg": sysreg_t.str.to_uppercase() if sysregs.len() else sysreg_t, "value": value, "attr": attr,
+        "attr_index": idx.cast(pl.UInt8), **{c: df[c] for c in keep}})
+    one_line = df.select(is_cmo & pl.col("size").is_null() & addr_nn).to_series()
+    if one_line.any():  # a cmo by address without a size maintains one line
+        out = out.with_columns(size=pl.when(one_line).then(pl.lit(line_size, dtype=pl.UInt64))
+                               .otherwise(pl.col("size")))
+    return out
 
 
 TEXT_FIELDS = ("time", "agent", "op", "addr", "size", "cmo", "sysreg", "value", "attr", "attr_index",
@@ -315,7 +450,7 @@ class Semantics:
             checks.append(Check(has_range & (size > 0) & ~pl.col("_in_region"),
                                 pl.format("expected an access inside one region ({}), found 0x{} + {} bytes",
                                           pl.lit(", ".join(self._names)), hexaddr, size)))
-        if self.mmu_typing and any(a.startswith("guest") for a in agents):
+        if self.mmu_typing and any(a.startswith("guest") for a in agents) and self._mmu_matters(df):
             extra["_mmu_on"] = self._mmu_on(df)
             checks.append(Check(
                 (pl.col("side") == "guest") & pl.col("op").is_in(list(ACCESS_OPS)) & pl.col("_mmu_on")
@@ -324,6 +459,19 @@ class Semantics:
                           pl.col("op"), pl.col("agent"))))
         checked = df.with_columns(**{k: pl.Series(k, v) for k, v in extra.items()}) if extra else df
         first_error(checked, checks, self.src, self.line_col)
+
+    def _mmu_matters(self, df: pl.DataFrame) -> bool:
+        """False when no row of ``df`` can break the MMU typing rule and the MMU state stays as it is.
+
+        The state changes only with a guest SCTLR_EL1 write; the rule only
+        concerns guest accesses with neither attr nor attr_index. Without
+        either kind of row the per-row MMU state need not be computed.
+        """
+        return df.select(
+            ((pl.col("side") == "guest") & (
+                ((pl.col("op") == "sysreg") & (pl.col("sysreg") == "SCTLR_EL1"))
+                | (pl.col("op").is_in(list(ACCESS_OPS)) & pl.col("attr").is_null()
+                   & pl.col("attr_index").is_null()))).any()).item()
 
     def _region_fit(self, df: pl.DataFrame) -> np.ndarray:
         """Per row: the range [addr, addr+size) lies inside one declared region."""

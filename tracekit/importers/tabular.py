@@ -85,8 +85,12 @@ class _Rows:
         for :func:`checked_in_order`.
         """
         missing = [c for c in TEXT_FIELDS if c not in text.columns]
-        lf = text.lazy().with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in missing])
-        full = self.fields.helpers(lf).collect(engine="streaming")
+        if missing:
+            text = text.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in missing])
+        fast = self.fields.fast(text, ("phase", "detail", "src_line"))
+        if fast is not None:  # every row is valid (the common case)
+            return fast.with_columns(src=pl.lit(self.src), src_offset=pl.lit(None, dtype=pl.UInt64))
+        full = self.fields.helpers(text.lazy()).collect(engine="streaming")
 
         def finish(frame: pl.DataFrame) -> pl.DataFrame:
             return frame.select(self.fields.select(("phase", "detail", "src_line"))).with_columns(
@@ -153,16 +157,22 @@ class CsvImporter:
                     column_types={c: pa.string() for c in header}, strings_can_be_null=True,
                     include_columns=wanted),
             )
-            def texts() -> Iterator[pl.DataFrame]:
+            def texts() -> Iterator[tuple[pa.RecordBatch, int]]:
                 nonlocal line
                 for batch in reader:
-                    text = pl.from_arrow(batch)
-                    assert isinstance(text, pl.DataFrame)
-                    yield text.with_columns(src_line=pl.int_range(line, line + text.height, dtype=pl.UInt64))
-                    line += text.height
+                    yield batch, line
+                    line += batch.num_rows
+
+            def typed(item: tuple[pa.RecordBatch, int]) -> pl.DataFrame:
+                # the conversion to polars runs in the worker threads too (it copies the strings)
+                batch, first = item
+                text = pl.from_arrow(batch)
+                assert isinstance(text, pl.DataFrame)
+                return rows.typed(text.with_columns(
+                    src_line=pl.int_range(first, first + text.height, dtype=pl.UInt64)))
 
             with progress(desc=f"reading {path.name}", unit="ev", unit_scale=True, quiet=options.quiet) as bar:
-                for out in checked_in_order(ordered_map(rows.typed, texts()), rows.semantics.check):
+                for out in checked_in_order(ordered_map(typed, texts()), rows.semantics.check):
                     result.summary["events"] += out.height
                     bar.update(out.height)
                     if out.height:
@@ -222,7 +232,7 @@ class JsonlImporter:
 
     def _batches(self, path: Path, src: str, info: TraceInfo, options: ImportOptions,
                  result: ImportResult) -> Iterator[pl.DataFrame]:
-        from .tkt import _chunks
+        from .tkt import _byte_chunks
 
         rows = _Rows(src, info)
         struct = pl.Struct({c: pl.String for c in trace_columns() if c not in IGNORED})
@@ -230,21 +240,22 @@ class JsonlImporter:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         first = True
 
-        def chunks() -> Iterator[tuple[str, int]]:
+        def chunks() -> Iterator[tuple[bytes, int]]:
             nonlocal first
-            for text, first_line in _chunks(data, src, options.quiet):
+            for raw, first_line in _byte_chunks(data, src, options.quiet):  # UTF-8 checked there
                 if first:  # field names are checked on the first object
-                    found = _first_object(text, first_line)
+                    found = _first_object(raw.decode("utf-8"), first_line)
                     if found is not None:
                         _check_first_object(found[1], src, found[0])
                         first = False
-                yield text, first_line
+                yield raw, first_line
 
-        def typed(chunk: tuple[str, int]) -> pl.DataFrame:
-            text, first_line = chunk
-            fast = _read_dense(text, first_line, struct)
+        def typed(chunk: tuple[bytes, int]) -> pl.DataFrame:
+            raw, first_line = chunk
+            fast = _read_dense(raw, first_line, struct)
             if fast is not None:
                 return rows.typed(fast)
+            text = raw.decode("utf-8")
             lines = pl.Series([text], dtype=pl.String).str.split("\n").explode()
             if text.endswith("\n"):
                 lines = lines.head(lines.len() - 1)
@@ -277,20 +288,21 @@ class JsonlImporter:
             data.close()
 
 
-def _read_dense(text: str, first_line: int, struct: pl.Struct) -> pl.DataFrame | None:
+def _read_dense(text: bytes, first_line: int, struct: pl.Struct) -> pl.DataFrame | None:
     """A chunk with no blank line read by polars' NDJSON reader (row i is line first_line + i).
 
     None when the chunk has a blank line or does not parse: the line-by-line
-    path then reads it and names the bad line.
+    path then reads it and names the bad line. (Bytes: searching a str for
+    newlines cost more than parsing the JSON.)
     """
-    body = text[:-1] if text.endswith("\n") else text
-    if not body or "\n\n" in body or body.startswith("\n"):
+    body = text[:-1] if text.endswith(b"\n") else text
+    if not body or b"\n\n" in body or body.startswith(b"\n"):
         return None
     try:
-        df = pl.read_ndjson(io.BytesIO(body.encode()), schema=dict(struct.to_schema()))
+        df = pl.read_ndjson(io.BytesIO(body), schema=dict(struct.to_schema()))
     except pl.exceptions.PolarsError:
         return None
-    if df.height != body.count("\n") + 1:
+    if df.height != body.count(b"\n") + 1:
         return None
     return df.with_columns(src_line=pl.int_range(first_line, first_line + df.height, dtype=pl.UInt64))
 

@@ -25,6 +25,7 @@ as a maintenance operation; a bare ``@phase`` ends the current phase.
 
 from __future__ import annotations
 
+import io
 import mmap
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -311,8 +312,13 @@ def read_settings(path: str | os.PathLike[str]) -> Header:
 # Events
 
 
-def _chunks(data, src: str, quiet: bool) -> Iterator[tuple[str, int]]:
-    """(text, first line) for pieces of ``data`` cut at line ends, each ~CHUNK_BYTES."""
+def _byte_chunks(data, src: str, quiet: bool) -> Iterator[tuple[bytes, int]]:
+    """(bytes, first line) for pieces of ``data`` cut at line ends, each ~CHUNK_BYTES.
+
+    Bytes, not text: the fast tokenizer reads bytes, and text is decoded only
+    for the few lines that need the exact path. A piece that is not ASCII is
+    checked to be UTF-8 (a bad byte is an error naming its line and offset).
+    """
     n = len(data)
     pos, line = 0, 1
     with progress(total=n, desc=f"reading {Path(src).name}", unit="B", unit_scale=True, quiet=quiet) as bar:
@@ -323,7 +329,9 @@ def _chunks(data, src: str, quiet: bool) -> Iterator[tuple[str, int]]:
                 end = n if nl < 0 else nl + 1
             raw = bytes(data[pos:end])
             release(data, pos, end)
-            yield decode(raw, src, line, pos), line
+            if not raw.isascii():
+                decode(raw, src, line, pos)  # a bad byte names its line and offset
+            yield raw, line
             line += raw.count(b"\n")
             bar.update(end - pos)
             pos = end
@@ -379,18 +387,209 @@ def _tokens_regex(lines: pl.DataFrame) -> pl.LazyFrame:
     )
 
 
-def parse_events(text: str, first_line: int, *, src: str, line_size: int,
+def parse_events(text: str | bytes, first_line: int, *, src: str, line_size: int,
                  phases: list[tuple[int, str | None]], check=None) -> pl.DataFrame:
     """The event lines of ``text`` as trace-v1 columns (no seq), checked for syntax.
 
     Raises TraceFormatError naming the first bad line; ``check`` (the semantic
     checks) runs on the lines before it first, so the earliest error wins.
+
+    Lines spelled the canonical way (tokens split by single spaces, no comment)
+    take a fast path: split into tokens by polars' CSV reader, checked with
+    cheap kernels (:meth:`Fields.fast`). Every other line (comments, tabs,
+    markers, directives, blank lines, and any line the fast path doubts) goes
+    through the one-regex path below, which gives the exact messages.
     """
-    raw = pl.Series([text], dtype=pl.String).str.split("\n").explode()
-    if text.endswith("\n"):
+    fields = typed_fields(line_size=line_size)
+    data = text.encode() if isinstance(text, str) else text
+    fast = _fast_events(data, first_line, fields)
+    if fast is None:  # doubt about the whole chunk: the exact path decides everything
+        lines = _line_frame(data, first_line)
+        return _finish(_exact_events(lines, fields, src, check, None, phases), src, phases)
+    good, slow = fast
+    if slow.len():
+        lines = _lines_at(data, first_line, slow)
+        rest = _exact_events(lines, fields, src, check, good, phases)
+        if rest.height:
+            good = _merge_lines(good, rest)
+    return _finish(good, src, phases)
+
+
+def _lines_at(data: bytes, first_line: int, wanted: pl.Series) -> pl.DataFrame:
+    """``(src_line, raw)`` of the lines ``wanted`` (sorted) of a chunk."""
+    if wanted.len() > 4096:
+        frame = _line_frame(data, first_line)
+        return frame.select(pl.all().gather((wanted - first_line).cast(pl.Int64)))
+    ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    idx = (wanted - first_line).to_numpy().astype(np.int64)
+    raw = []
+    for i in idx.tolist():
+        start = int(ends[i - 1]) + 1 if i > 0 else 0
+        end = int(ends[i]) if i < len(ends) else len(data)
+        raw.append(data[start:end].decode("utf-8"))
+    return pl.DataFrame({"src_line": wanted.cast(pl.UInt64), "raw": pl.Series(raw, dtype=pl.String)})
+
+
+def _merge_lines(good: pl.DataFrame, rest: pl.DataFrame) -> pl.DataFrame:
+    """Two frames sorted by src_line as one (a few rest rows are spliced in by position)."""
+    if rest.height > 1024:
+        return good.merge_sorted(rest, key="src_line")
+    at = good["src_line"].search_sorted(rest["src_line"], side="left").to_list()
+    pieces, prev, i = [], 0, 0
+    while i < len(at):
+        j = i
+        while j < len(at) and at[j] == at[i]:
+            j += 1
+        if at[i] > prev:
+            pieces.append(good.slice(prev, at[i] - prev))
+        pieces.append(rest.slice(i, j - i))
+        prev, i = at[i], j
+    if prev < good.height:
+        pieces.append(good.slice(prev))
+    return pl.concat(pieces, rechunk=False)
+
+
+def _line_frame(data: bytes, first_line: int) -> pl.DataFrame:
+    """``(src_line, raw)``: the lines of a chunk (a final newline ends the last line)."""
+    raw = pl.Series([data.decode("utf-8")], dtype=pl.String).str.split("\n").explode()
+    if data.endswith(b"\n"):
         raw = raw.head(raw.len() - 1)
-    lines = pl.DataFrame({"raw": raw}).with_row_index("src_line", offset=first_line).with_columns(
+    return pl.DataFrame({"raw": raw}).with_row_index("src_line", offset=first_line).with_columns(
         pl.col("src_line").cast(pl.UInt64))
+
+
+#: Tokens a canonical line may have (a further column flags longer lines).
+FAST_TOKENS = 8
+_TOKEN_SCHEMA = {f"f{i}": pl.String for i in range(FAST_TOKENS + 1)}
+#: Bytes of a chunk that needs no per-token check for comments and other spaces.
+_PLAIN = bytes(b for b in range(0x20, 0x7F) if b != ord("#")) + b"\n"
+
+
+def _fast_events(data: bytes, first_line: int, fields) -> tuple[pl.DataFrame, pl.Series] | None:
+    """(typed rows of the canonical lines, src_line of the other lines), or None to doubt the chunk."""
+    if not data:
+        return None
+    nlines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    try:
+        tok = pl.read_csv(io.BytesIO(data), has_header=False, separator=" ", quote_char=None,
+                          schema=_TOKEN_SCHEMA, truncate_ragged_lines=True, missing_columns="insert",
+                          extra_columns="ignore", encoding="utf8")
+    except pl.exceptions.PolarsError:
+        return None
+    if tok.height != nlines:
+        return None
+    tok = tok.with_columns(src_line=pl.int_range(first_line, first_line + nlines, dtype=pl.UInt64))
+    weird = bool(data.translate(None, _PLAIN))  # a comment, a control character or non-ASCII text
+    has_t0 = tok["f0"].str.starts_with("t=").fill_null(False)
+    n_t0 = int(has_t0.sum())
+    # lines with and without a leading t= are read separately; the fewer kind goes to the exact path
+    if n_t0 * 2 >= tok.height:
+        text = _canonical(tok, "f0", 1, weird)
+        if n_t0 < tok.height:
+            text = text.with_columns(_ok=pl.col("_ok") & has_t0)
+    else:
+        text = _canonical(tok, None, 0, weird)
+        if n_t0:
+            text = text.with_columns(_ok=pl.col("_ok") & ~has_t0)
+    ok = text["_ok"]
+    canon = text.filter(ok) if not ok.all() else text
+    slow = text.filter(~ok)["src_line"]
+    typed = fields.fast(canon.drop("_ok").with_columns(detail=pl.lit(None, dtype=pl.String)),
+                        ("detail", "src_line"))
+    if typed is None:
+        return None
+    return typed, slow
+
+
+def _canonical(tok: pl.DataFrame, t0: str | None, first: int, weird: bool) -> pl.DataFrame:
+    """Text fields of lines ``[t=T] AGENT OP ARGS... KEY=VALUE...``, and ``_ok``: the line is canonical.
+
+    A line that is not ``_ok`` goes to the exact path, which either reads it
+    (comments, other spacing, markers, directives) or names what is wrong.
+    ``weird``: the chunk has a comment, a control character or non-ASCII text somewhere.
+    Work is pruned by looking at whole columns first (a token column that
+    never holds a key is not searched for keys, and so on).
+    """
+    n = tok.height
+    agent_t, op_t = tok[f"f{first}"], tok[f"f{first + 1}"]
+    rest = [tok[c] for c in (f"f{i}" for i in range(first + 2, FAST_TOKENS)) if tok[c].null_count() < n]
+    null_str = pl.repeat(None, n, dtype=pl.String, eager=True)
+    zeros = pl.zeros(n, dtype=pl.Int32, eager=True)
+    ok = tok[f"f{FAST_TOKENS}"].is_null() & agent_t.is_not_null() & op_t.is_not_null()
+    # positional arguments: tokens without '=' before any token with one (or a gap)
+    pos, prev = [], None
+    for r in rest:
+        p = r.is_not_null() & ~r.str.contains("=", literal=True).fill_null(True)
+        p = p if prev is None else prev & p
+        pos.append(p)
+        prev = p
+    npos = sum((p.cast(pl.Int32) for p in pos), zeros)
+    keys = {k: null_str for k in KEYS}
+    nkeys = found = zeros
+    for r, p in zip(rest, pos):
+        key_at = r.is_not_null() & ~p
+        if not key_at.any():
+            continue
+        nkeys = nkeys + key_at.cast(pl.Int32)
+        for name in KEYS:
+            hit = key_at & r.str.starts_with(name + "=")
+            if not hit.any():
+                continue
+            found = found + hit.cast(pl.Int32)
+            ok = ok & ~(hit & keys[name].is_not_null())  # each key once
+            keys[name] = pl.select(pl.when(hit).then(r.str.slice(len(name) + 1))
+                                   .otherwise(keys[name])).to_series()
+    ok = ok & (found == nkeys)  # every token after the arguments is a known key
+    for i in range(len(rest) - 1):  # no empty token between two tokens (two spaces)
+        ok = ok & (rest[i].is_not_null() | rest[i + 1].is_null())
+    args = [rest[i] if i < len(rest) and (pos[i] | rest[i].is_null()).all()
+            else (pl.select(pl.when(pos[i]).then(rest[i])).to_series() if i < len(rest) else null_str)
+            for i in range(3)]
+    ops = set(op_t.drop_nulls().unique().to_list())
+    fixed = ops <= {"read", "write", "ifetch", "sysreg"}  # exactly two arguments
+    if fixed:
+        ok = ok & (npos == 2)
+    else:
+        least = op_t.replace_strict({k: v[0] for k, v in ARITY.items()}, default=None, return_dtype=pl.Int32)
+        most = op_t.replace_strict({k: v[1] for k, v in ARITY.items()}, default=None, return_dtype=pl.Int32)
+        ok = ok & least.is_not_null() & (npos >= least) & (npos <= most)
+    if ops & {"read", "write", "ifetch"} == ops:
+        addr, size, cmo, sysreg, value = args[0], args[1], null_str, null_str, keys["value"]
+    else:
+        f = pl.DataFrame({"op": op_t, "a0": args[0], "a1": args[1], "a2": args[2], "v": keys["value"]})
+        op = pl.col("op")
+        access, is_cmo, is_sysreg = op.is_in(["read", "write", "ifetch"]), op == "cmo", op == "sysreg"
+        f = f.select(
+            pl.when(access).then(pl.col("a0")).when(is_cmo).then(pl.col("a1")).alias("addr"),
+            pl.when(access).then(pl.col("a1")).when(is_cmo).then(pl.col("a2")).alias("size"),
+            pl.when(is_cmo).then(pl.col("a0")).alias("cmo"),
+            pl.when(is_sysreg).then(pl.col("a0")).alias("sysreg"),
+            pl.when(is_sysreg).then(pl.col("a1")).otherwise(pl.col("v")).alias("value"),
+            (is_sysreg & pl.col("v").is_not_null()).alias("_sysreg_value_twice"),
+        )
+        addr, size, cmo, sysreg, value = (f[c] for c in ("addr", "size", "cmo", "sysreg", "value"))
+        ok = ok & ~f["_sysreg_value_twice"]
+    if t0:
+        ok = ok & keys["t"].is_null()  # t= given twice
+        time = tok[t0].str.slice(2)
+    else:
+        time = keys["t"]
+    if weird:  # a token with '#', a control character or non-ASCII: the exact path reads the line
+        for c in [tok[f"f{i}"] for i in range(first + 2)] + rest:
+            ok = ok & ~c.str.contains(r"[^\x21-\x22\x24-\x7e]").fill_null(False)
+    return pl.DataFrame({
+        "time": time, "agent": agent_t, "op": op_t, "addr": addr, "size": size, "cmo": cmo,
+        "sysreg": sysreg, "value": value, "attr": keys["attr"], "attr_index": keys["idx"],
+        "src_line": tok["src_line"], "_ok": ok.fill_null(False)})
+
+
+def _exact_events(lines: pl.DataFrame, fields, src: str, check, good: pl.DataFrame | None,
+                  phases) -> pl.DataFrame:
+    """Typed rows of ``lines`` (``raw``, ``src_line``) by the one-regex path, with exact errors.
+
+    ``good``: rows already read from the other lines of the chunk, so that an
+    error's ``before`` holds every earlier line of the chunk.
+    """
     lf = _tokens_regex(lines)
     op, keys = pl.col("op"), pl.col("keys")
     is_marker = op.is_in(list(TEXT_OPS))
@@ -431,24 +630,14 @@ def parse_events(text: str, first_line: int, *, src: str, line_size: int,
         pl.when(~is_marker).then(pl.col("attr_index")).alias("attr_index"),
         pl.when(is_marker).then(pl.col("marker_text").replace("", None)).alias("detail"),
     )
-    fields = typed_fields(line_size=line_size)
     lf = fields.helpers(lf).with_columns((pl.col("_syntax_bad") | pl.col("_typed_bad")).alias("_bad"))
     full = lf.collect(engine="streaming")
-
-    def finish(frame: pl.DataFrame) -> pl.DataFrame:
-        out = frame.select(fields.select(("detail", "src_line")))
-        if phases:
-            plines = np.array([p for p, _ in phases], dtype=np.uint64)
-            idx = np.searchsorted(plines, out["src_line"].to_numpy(), side="right").astype(np.int64) - 1
-            names = pl.Series([None, *[name for _, name in phases]], dtype=pl.String)
-            out = out.with_columns(phase=names.gather(idx + 1))
-        else:
-            out = out.with_columns(phase=pl.lit(None, dtype=pl.String))
-        return out.with_columns(src=pl.lit(src), src_offset=pl.lit(None, dtype=pl.UInt64))
-
     if full.height and full["_bad"].any():
         row = full.filter(pl.col("_bad")).head(1)
-        before = finish(full.filter(pl.col("src_line") < row["src_line"][0]))
+        before = full.filter(pl.col("src_line") < row["src_line"][0]).select(fields.select(("detail", "src_line")))
+        if good is not None:
+            before = pl.concat([good.filter(pl.col("src_line") < row["src_line"][0]), before]).sort("src_line")
+        before = _finish(before, src, phases)
         if check is not None:  # a rule broken on an earlier line is reported first
             check(before)
         try:
@@ -457,7 +646,19 @@ def parse_events(text: str, first_line: int, *, src: str, line_size: int,
         except TraceFormatError as e:
             e.before = before  # type: ignore[attr-defined]  # for a caller that checks later
             raise
-    return finish(full)
+    return full.select(fields.select(("detail", "src_line")))
+
+
+def _finish(out: pl.DataFrame, src: str, phases) -> pl.DataFrame:
+    """Typed rows -> the importer's columns: phase from the @phase lines above, src."""
+    if phases:
+        plines = np.array([p for p, _ in phases], dtype=np.uint64)
+        idx = np.searchsorted(plines, out["src_line"].to_numpy(), side="right").astype(np.int64) - 1
+        names = pl.Series([None, *[name for _, name in phases]], dtype=pl.String)
+        out = out.with_columns(phase=names.gather(idx + 1))
+    else:
+        out = out.with_columns(phase=pl.lit(None, dtype=pl.String))
+    return out.with_columns(src=pl.lit(src), src_offset=pl.lit(None, dtype=pl.UInt64))
 
 
 def ordered_map(fn, items, *, workers: int = 2, ahead: int = 2) -> Iterator:
@@ -542,11 +743,11 @@ class TktImporter:
     def _batches(self, data, src, header, info, options, result) -> Iterator[pl.DataFrame]:
         sem = Semantics(info, src)
         events = 0
-        def parse(chunk: tuple[str, int]) -> pl.DataFrame:
+        def parse(chunk: tuple[bytes, int]) -> pl.DataFrame:
             return parse_events(chunk[0], chunk[1], src=src, line_size=info.line_size, phases=header.phases)
 
         try:
-            for df in checked_in_order(ordered_map(parse, _chunks(data, src, options.quiet)), sem.check):
+            for df in checked_in_order(ordered_map(parse, _byte_chunks(data, src, options.quiet)), sem.check):
                 events += df.height
                 result.summary["events"] = events
                 if df.height:
