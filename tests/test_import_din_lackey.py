@@ -62,3 +62,31 @@ def test_lackey_malformed_record(tmp_path):
     p.write_text("I  0400,3\n L 04zz,8\n")
     with pytest.raises(TraceFormatError, match=r"t.lackey:2: expected"):
         read(LackeyImporter(), p)
+
+
+def test_agent_option_names_the_agent_of_din_and_lackey():
+    """ImportOptions.agent (--agent) is the one agent of formats that record none; it beats the default."""
+    df, res = read(DinImporter(), DATA / "din" / "extended.din", agent="host.sim")
+    assert set(df["agent"]) == {"host.sim"} and set(df["side"]) == {"host"} and res.summary["agent"] == "host.sim"
+    df, _ = read(LackeyImporter(), DATA / "lackey" / "trace.lackey", agent="guest.3")
+    assert set(df["agent"]) == {"guest.3"}
+    df, _ = read(LackeyImporter(), DATA / "lackey" / "trace.lackey")
+    assert set(df["agent"]) == {"guest.0"}  # default when no --agent
+
+
+def test_ingest_cli_agent_option(tmp_path):
+    """`tracekit ingest --agent dev.gpu x.din` writes every event as dev.gpu; a malformed name is exit 2."""
+    from typer.testing import CliRunner
+
+    from tracekit.cli import app
+
+    out = tmp_path / "t.parquet"
+    r = CliRunner().invoke(app, ["ingest", str(DATA / "din" / "extended.din"), "-o", str(out), "-q",
+                                 "--agent", "dev.gpu"])
+    assert r.exit_code == 0, r.output
+    df = pl.read_parquet(out)
+    assert set(df["agent"]) == {"dev.gpu"} and set(df["side"]) == {"dev"} and df.height == 6
+    bad = tmp_path / "bad.parquet"
+    r = CliRunner().invoke(app, ["ingest", str(DATA / "din" / "extended.din"), "-o", str(bad), "-q",
+                                 "--agent", "gpu 0"])
+    assert r.exit_code == 2 and "--agent: expected an agent" in r.output and not bad.exists()

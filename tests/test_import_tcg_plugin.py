@@ -141,3 +141,19 @@ def test_mem_csv_bad_size(tmp_path):
                  "0x1,,0x2,0x3,12,load,0x0\n")
     with pytest.raises(TraceFormatError, match=r"m.csv:2: expected an access_size in bits"):
         read(p)
+
+
+def test_mem_plugin_csv_detected_by_its_header_despite_csv_suffix(tmp_path):
+    """Rule: content that identifies a format beats the suffix: mem.c print-accesses saved as
+    .csv is TCG plugin output, not a tabular trace; a tabular CSV stays tabular."""
+    from tracekit.importers import detect_format
+
+    p = tmp_path / "accesses.csv"
+    p.write_bytes((DATA / "mem-plugin.csv").read_bytes())
+    assert detect_format(p) == "qemu-plugin"
+    t = tmp_path / "trace.csv"
+    t.write_text("agent,op,addr,size\nguest,read,0x40000000,8\n")
+    assert detect_format(t) == "csv"
+    u = tmp_path / "junk.csv"
+    u.write_text("no,known,columns\n1,2,3\n")
+    assert detect_format(u) == "csv"  # unrecognised content: the suffix decides

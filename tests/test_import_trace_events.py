@@ -82,3 +82,47 @@ def test_installed_file_parses_when_present():
     df = pl.DataFrame({"b": ["x"]})
     for ev in t.events.values():
         df.select(pl.col("b").str.contains(ev.regex))
+
+
+@pytest.mark.parametrize("fmt,body,expect", [
+    # %s followed by literal text: the one-pass form stops at the first quote/space/colon
+    ("name '%s'", "name 'pl011'", {"s": "pl011"}),
+    ("name '%s'", "name 'it''s'", None),  # holds the quote: only the exact regex reads it
+    ("%s sid=%d", "smmuv3-iommu-memory-region-0-0 sid=8", {"s": "smmuv3-iommu-memory-region-0-0", "d": 8}),
+    ("%s:%d %s", "a:1 b c", {"s": "a", "d": 1, "s2": "b c"}),
+    ("%s%5d!", "ab   12!", None),  # a padded number right after the string: no one-pass form
+])
+def test_one_pass_regex_reads_the_same_fields_as_the_exact_one(fmt, body, expect):
+    """Rule: the lazy %s group stops at the first place where the rest of the format matches;
+    the one-pass form ([^C]* before literal C) captures the same or does not match at all."""
+    import re
+
+    from tracekit.importers.trace_events import fast_regex, parse_line
+
+    names = ["s", "d", "s2"][:len(re.findall(r"%\d*[sd]", fmt))]
+    args = ", ".join(("const char *" if n.startswith("s") else "int ") + n for n in names)
+    ev = parse_line(f'ev({args}) "{fmt}"', "t")
+    exact = pl.DataFrame({"b": [body]}).select(pl.col("b").str.extract_groups(ev.regex)).unnest("b").row(0, named=True)
+    fast = fast_regex(ev)
+    if fast is None:
+        assert expect is None and "%5d" in fmt
+        return
+    got = pl.DataFrame({"b": [body]}).select(pl.col("b").str.extract_groups(fast)).unnest("b").row(0, named=True)
+    if expect is None:  # the one-pass form does not match; the exact regex does
+        assert all(v is None for v in got.values()) and all(v is not None for v in exact.values())
+    else:
+        assert got == exact and {k: (int(v) if k == "d" else v) for k, v in got.items()} == expect
+
+
+def test_string_argument_holding_the_delimiter_decodes_via_exact_regex(tmp_path):
+    """A region name with a quote fails the one-pass form and is read by the exact regex (no error)."""
+    from tracekit.importers.base import ImportOptions
+    from tracekit.importers.qemu_log import QemuLogImporter
+
+    p = tmp_path / "q.log"
+    p.write_text("memory_region_ops_write cpu 0 mr 0xaa addr 0x9000000 value 0x48 size 4 name 'pl011'\n"
+                 "memory_region_ops_write cpu 0 mr 0xaa addr 0xa000000 value 0x1 size 4 name 'it's'\n")
+    res = QemuLogImporter().read(p, ImportOptions(trace_events=DATA / "trace-events-excerpt"))
+    df = pl.concat(list(res.batches))
+    assert df.select("op", "addr", "value").rows() == [("write", 0x9000000, 0x48), ("write", 0xA000000, 1)]
+    assert set(res.summary["mmio_seen"]) == {"pl011", "it's"}

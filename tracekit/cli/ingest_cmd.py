@@ -39,6 +39,8 @@ def ingest(
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping of QEMU events to trace events."),
     guest_map: Optional[Path] = typer.Option(None, "--guest-map", help="GPA ranges -> stage-1 type (QEMU inputs)."),
     strict: bool = typer.Option(False, "--strict", help="Lines of no known shape are errors (log inputs)."),
+    agent: Optional[str] = typer.Option(None, "--agent", help="The agent of inputs that name none (din, "
+                                        "lackey): guest[.N], host[.X] or dev.NAME[.X]; default guest.0."),
 ) -> None:
     """Import INPUT... into one trace Parquet file and print a summary.
 
@@ -48,9 +50,15 @@ def ingest(
 
     if line_size is not None and (line_size < 4 or line_size & (line_size - 1)):
         raise UsageError(f"--line-size: expected a power of two (at least 4), found {line_size}")
+    if agent is not None:
+        import re
+        from ..validate import AGENT_EXPECTED, AGENT_RE
+        if not re.match(AGENT_RE, agent):
+            raise UsageError(f"--agent: expected {AGENT_EXPECTED}, found '{agent}'")
+        agent = {"guest": "guest.0", "host": "host.0"}.get(agent, agent)
     options = ImportOptions(line_size=line_size, stage2=stage2, fwb=fwb, settings=settings,
                             trace_events=trace_events, mapping=mapping, guest_map=guest_map, strict=strict,
-                            quiet=quiet)
+                            quiet=quiet, agent=agent)
     summary = run(inputs, output, format=format, force=force, quiet=quiet, concat=concat, options=options)
     typer.echo(summary.text(), nl=False)
 

@@ -19,8 +19,8 @@ __all__ = ["IMPORTERS", "register_importer", "get_importer", "detect_format", "I
 IMPORTERS: dict[str, Importer] = {}
 
 #: Modules under tracekit.importers whose ``IMPORTER`` (or tuple ``IMPORTERS``) is
-#: registered at import time, in detection order (the first whose suffix or content
-#: matches wins).
+#: registered at import time, in detection order (the first whose content test
+#: matches wins; see detect_format for how a suffix counts).
 _BUILTIN_MODULES: tuple[str, ...] = (
     "tkt",
     "tabular",
@@ -46,24 +46,36 @@ def get_importer(name: str) -> Importer:
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """The format of ``path``: by its suffix first, then by its first bytes."""
+    """The format of ``path``: by its content when that identifies one, else by its suffix.
+
+    A suffix is only a hint (a mem plugin ``print-accesses`` log saved as ``.csv`` is
+    not a tabular trace): the format the suffix names is kept while its importer
+    accepts the first bytes, or when no importer recognises them; otherwise the
+    importer whose content test matches wins.
+    """
     p = Path(path)
     if p.is_dir():
         raise TracekitError(f"{p}: expected a trace file, found a directory")
     name = p.name.lower()
-    for imp in IMPORTERS.values():
-        if any(name.endswith(s) for s in imp.suffixes):
-            return imp.format
+    by_suffix = next((imp for imp in IMPORTERS.values() if any(name.endswith(s) for s in imp.suffixes)), None)
     try:
         with open(p, "rb") as f:
             head = f.read(HEAD_BYTES)
     except FileNotFoundError:
+        if by_suffix is not None:
+            return by_suffix.format  # the importer reports the missing file
         raise TracekitError(f"{p}: expected an input file, found no such file") from None
     except OSError as e:
+        if by_suffix is not None:
+            return by_suffix.format
         raise TracekitError(f"{p}: cannot read: {e.strerror}") from None
+    if by_suffix is not None and (not head.strip() or by_suffix.detect(head, p)):
+        return by_suffix.format
     for imp in IMPORTERS.values():
-        if imp.detect(head, p):
+        if imp is not by_suffix and imp.detect(head, p):
             return imp.format
+    if by_suffix is not None:
+        return by_suffix.format  # unrecognised content: the suffix's importer reports what is wrong
     raise UnknownFormatError(
         f"{p}: expected a known format ({', '.join(sorted(IMPORTERS))}), found none matching; "
         "name it with --format")

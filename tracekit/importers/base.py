@@ -31,6 +31,7 @@ class ImportOptions:
     mapping: Path | None = None  # --mapping FILE (TOML: user mapping of QEMU events)
     guest_map: Path | None = None  # --guest-map FILE (GPA ranges -> stage-1 type)
     strict: bool = False  # --strict: lines of no known shape are errors
+    agent: str | None = None  # --agent: the agent of formats that name none (din, lackey; default guest.0)
     quiet: bool = True  # no progress bars
 
 

@@ -14,9 +14,10 @@ model gives set/way operations no coherency effect, except that ``dc.isw`` may
 discard dirty data, which is what a Dinero invalidate does.
 
 din traces carry no memory types, no timestamps and usually virtual addresses;
-every event is by one agent (``guest.0`` unless the importer is built with
-another ``agent=``). With the MMU off a guest access is Device-nGnRnE: give
-the resolver SCTLR/MAIR or a guest map, or import as a host agent.
+every event is by one agent (``--agent``, i.e. ``ImportOptions.agent``, else
+the importer's ``agent=``, ``guest.0`` by default). With the MMU off a guest
+access is Device-nGnRnE: give the resolver SCTLR/MAIR or a guest map, or
+import as a host agent (``--agent host.sim``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class DinImporter:
     def read(self, path: Path, options: ImportOptions) -> ImportResult:
         path = Path(path)
         src = str(path)
-        agent = getattr(options, "agent", None) or self.agent
+        agent = options.agent or self.agent
         counts: dict[str, int] = {}
         summary: dict[str, Any] = {"format": self.format, "agent": agent,
                                    "note": "no memory types, no timestamps; addresses as recorded"}

@@ -52,6 +52,11 @@ from .trace_events import load_table
 
 PREFIX = (r"^\s*(?P<comm>.+?)(?:-|\s+)(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
           r"(?:[\w.]{4,5}\s+)?(?P<ts>\d+\.\d+):\s+(?:(?P<group>\w+):)?(?P<event>\w+):\s*(?P<msg>(?s:.*))$")
+#: PREFIX without its ``(?P<msg>(?s:.*))$`` tail, which matches whatever follows: a line
+#: matches PREFIX exactly when it starts with a match of this, and the regex engine can
+#: stop at the end of the prefix instead of scanning every message to the end.
+PREFIX_HEAD = PREFIX.replace(r"(?P<msg>(?s:.*))$", "")
+assert PREFIX_HEAD != PREFIX
 OTHER = r"^(?:\s*$|\s*#|cpus=\d+|CPU:\s*\d+ \[|\s*version = |CPU \d+ is empty|\s*\[?LOST \d+ EVENTS\]?)"
 
 KVM_MMIO = r"^mmio (?P<type>unsatisfied-read|read|write) len (?P<len>\d+) gpa 0x(?P<gpa>[0-9a-fA-F]+) val 0x(?P<val>[0-9a-fA-F]+)$"
@@ -70,7 +75,7 @@ def _split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
     cheap slices around the ``[CPU]`` column and anchored single-group extracts.
     """
     line = pl.col("line")
-    df = lines.with_columns(line.str.contains(PREFIX).alias("_ok"), line.str.find("] ", literal=True).alias("_b"),
+    df = lines.with_columns(line.str.contains(PREFIX_HEAD).alias("_ok"), line.str.find("] ", literal=True).alias("_b"),
                             line.str.find("[", literal=True).alias("_a"))
     df = df.with_columns(pl.when(pl.col("_ok")).then(line.str.slice(pl.col("_b") + 2)).alias("_tail"),
                          pl.when(pl.col("_ok")).then(line.str.slice(0, pl.col("_a"))).alias("head"))
@@ -141,7 +146,9 @@ class FtraceTextImporter:
     def _decode(self, lines: pl.DataFrame, table, mapping, ev_state: EventState, counts: dict[str, int],
                 kinds: dict[str, int], src: str, strict: bool) -> pl.DataFrame:
         df = _split_prefix(lines)
+        all_ev = not df["event"].is_null().any()
         df = df.with_columns(
+            pl.lit("event").alias("kind") if all_ev else
             pl.when(pl.col("event").is_not_null()).then(pl.lit("event"))
             .when(pl.col("line").str.contains(OTHER)).then(pl.lit("other"))
             .otherwise(pl.lit("unknown")).alias("kind"))
@@ -151,7 +158,7 @@ class FtraceTextImporter:
             fail_first(df.filter(pl.col("kind") == "unknown"), src,
                        "a trace line 'COMM-PID [CPU] TIMESTAMP: EVENT: TEXT' (trace_pipe, trace-cmd report "
                        "or perf script)")
-        ev = df.filter(pl.col("kind") == "event").with_columns(
+        ev = (df if all_ev else df.filter(pl.col("kind") == "event")).with_columns(
             pl.col("pid").cast(pl.Int64).alias("tid"),
             pl.col("ts").cast(pl.Float64).alias("time"),
             pl.col("src_line").alias("_line"),

@@ -8,9 +8,10 @@ hex without ``0x``, size decimal. Valgrind's own ``==PID==`` lines are skipped.
 
 Lackey addresses are *virtual* addresses of one user-space process; there are
 no physical addresses, memory types, timestamps or threads (Valgrind
-serialises threads). Every event is by one agent (``guest.0`` unless the
-importer is built with another ``agent=``). Useful to cross-check the cache
-model against other simulators, not to study a KVM guest.
+serialises threads). Every event is by one agent (``--agent``, i.e.
+``ImportOptions.agent``, else the importer's ``agent=``, ``guest.0`` by
+default). Useful to cross-check the cache model against other simulators,
+not to study a KVM guest.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class LackeyImporter:
     def read(self, path: Path, options: ImportOptions) -> ImportResult:
         path = Path(path)
         src = str(path)
-        agent = getattr(options, "agent", None) or self.agent
+        agent = options.agent or self.agent
         counts: dict[str, int] = {}
         summary: dict[str, Any] = {"format": self.format, "agent": agent,
                                    "note": "virtual addresses of one process; no memory types, no timestamps"}

@@ -66,24 +66,34 @@ def split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
 
     Cheap string kernels only (an anchored ``contains`` then ``find``/``slice``):
     capture groups over every line would cost more than the rest of the import.
+    The prefixes are ASCII, so the byte offsets of ``find`` are character offsets.
     """
     line = pl.col("line")
-    df = lines.with_columns(line.str.contains(TID_PREFIX).alias("_t"), line.str.contains(ISO_PREFIX).alias("_i"))
-    if not (df["_t"].any() or df["_i"].any()):
-        return df.drop("_t", "_i").with_columns(pl.lit(None, pl.Int64).alias("tid"),
-                                                pl.lit(None, pl.Float64).alias("time"), line.alias("rest"))
-    has_t, has_i = bool(df["_t"].any()), bool(df["_i"].any())
-    at_ = line.str.find("@", literal=True)
-    colon = line.str.find(":", literal=True)
-    space = line.str.find(" ", literal=True)
-    df = df.with_columns(at_.alias("_at"), colon.alias("_c"), space.alias("_sp"))
+    flags = lines.select(line.str.contains(TID_PREFIX).alias("_t"), line.str.contains(ISO_PREFIX).alias("_i"))
+    has_t, has_i = bool(flags["_t"].any()), bool(flags["_i"].any())
+    if not (has_t or has_i):
+        return lines.with_columns(pl.lit(None, pl.Int64).alias("tid"), pl.lit(None, pl.Float64).alias("time"),
+                                  line.alias("rest"))
+    df = lines.with_columns(flags)
+    if has_t and not has_i and flags["_t"].all():  # every line has the TID@SEC.USEC: prefix
+        df = df.with_columns(line.str.find("@", literal=True).alias("_at"),
+                             line.str.find(":", literal=True).alias("_c"))
+        return df.with_columns(
+            line.str.slice(0, pl.col("_at")).cast(pl.Int64, strict=False).alias("tid"),
+            line.str.slice(pl.col("_at") + 1, pl.col("_c") - pl.col("_at") - 1).cast(pl.Float64, strict=False)
+            .alias("time"),
+            line.str.slice(pl.col("_c") + 1).alias("rest"),
+        ).drop("_t", "_i", "_at", "_c")
     tid = time = rest = None
     if has_t:
+        df = df.with_columns(line.str.find("@", literal=True).alias("_at"),
+                             line.str.find(":", literal=True).alias("_c"))
         tid = pl.when(pl.col("_t")).then(line.str.slice(0, pl.col("_at")).cast(pl.Int64, strict=False))
         time = pl.when(pl.col("_t")).then(
             line.str.slice(pl.col("_at") + 1, pl.col("_c") - pl.col("_at") - 1).cast(pl.Float64, strict=False))
         rest = pl.when(pl.col("_t")).then(line.str.slice(pl.col("_c") + 1))
     if has_i:
+        df = df.with_columns(line.str.find(" ", literal=True).alias("_sp"))
         iso = line.str.slice(0, pl.col("_sp")).str.strip_suffix("Z")
         i_time = (iso.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f", time_unit="us", strict=False)
                   .dt.epoch("us").cast(pl.Float64) / 1e6)
@@ -96,7 +106,7 @@ def split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
         (tid if tid is not None else pl.lit(None, pl.Int64)).alias("tid"),
         time.alias("time"),
         rest.otherwise(line).alias("rest"),
-    ).drop("_t", "_i", "_at", "_c", "_sp")
+    ).drop([c for c in ("_t", "_i", "_at", "_c", "_sp") if c in df.columns])
 
 
 def classify(lines: pl.DataFrame, event_names: list[str] | set[str]) -> pl.DataFrame:
@@ -104,15 +114,19 @@ def classify(lines: pl.DataFrame, event_names: list[str] | set[str]) -> pl.DataF
 
     The common shapes (trace event, execlog) are tested on every line; the
     rarer ones only on what is left, so a log of one shape costs two passes.
+    The event name is the text before the first space (``find`` + ``slice``:
+    no split into new columns of every line).
     """
     df = split_prefix(lines)
     rest = pl.col("rest")
     names = pl.Series(sorted(event_names), dtype=pl.String)
-    df = df.with_columns(rest.str.splitn(" ", 2).alias("_nb"))
-    df = df.with_columns(pl.col("_nb").struct.field("field_0").alias("_name"),
-                         pl.col("_nb").struct.field("field_1").alias("_body")).drop("_nb")
-    kind = (pl.when(pl.col("_name").is_in(names.implode())).then(pl.lit("event"))
+    df = df.with_columns(rest.str.find(" ", literal=True).alias("_sp"))
+    name = pl.when(pl.col("_sp").is_null()).then(rest).otherwise(rest.str.slice(0, pl.col("_sp")))
+    df = df.with_columns(name.is_in(names.implode()).alias("_ev"))
+    kind = (pl.when(pl.col("_ev")).then(pl.lit("event"))
             .when(rest.str.contains(EXECLOG_START)).then(pl.lit("execlog")))
+    if df["_ev"].all():
+        kind = pl.lit("event")
     df = df.with_columns(kind.alias("kind"))
     other = df["kind"].is_null()
     if other.any():
@@ -128,14 +142,15 @@ def classify(lines: pl.DataFrame, event_names: list[str] | set[str]) -> pl.DataF
             .when(rest.str.contains(QEMU_MESSAGE)).then(pl.lit("qemu-message"))
             .otherwise(pl.lit("unknown"))
         )
-        df = df.with_row_index("_r")
-        sub = df.filter(other).select("_r", rare.alias("_k"))
-        df = df.join(sub, on="_r", how="left").with_columns(pl.coalesce("kind", "_k").alias("kind")).drop("_r", "_k")
-    is_ev = pl.col("kind") == "event"
+        k = df["kind"].clone()
+        k.scatter(other.arg_true(), df.filter(other).select(rare)[:, 0])
+        df = df.with_columns(k.alias("kind"))
+    is_ev = pl.col("_ev")
+    body = pl.when(pl.col("_sp").is_null()).then(pl.lit("")).otherwise(rest.str.slice(pl.col("_sp") + 1))
     return df.with_columns(
-        pl.when(is_ev).then(pl.col("_name")).alias("ev_name"),
-        pl.when(is_ev).then(pl.col("_body").fill_null("")).alias("ev_body"),
-    ).drop("_name", "_body")
+        pl.when(is_ev).then(name).alias("ev_name"),
+        pl.when(is_ev).then(body).alias("ev_body"),
+    ).drop("_sp", "_ev")
 
 
 def count_kinds(df: pl.DataFrame, counts: dict[str, int]) -> None:

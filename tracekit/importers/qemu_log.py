@@ -45,7 +45,7 @@ from . import qemu_interleaved as qi
 from .base import ImportOptions, ImportResult
 from ._lines import fail_first, finish, iter_line_batches
 from .tcg_plugin import PluginState, current_vcpu_column, decode_execlog, decode_memcsv
-from .trace_events import EventTable, decode_args, load_table
+from .trace_events import EventTable, decode_args, fast_regex, load_table
 
 
 # --------------------------------------------------------------------------
@@ -183,35 +183,53 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
     if rows.height == 0:
         return pl.DataFrame()
     host = pl.col("host_agent") if "host_agent" in rows.columns else _host_agent()
+    if not rows["_line"].is_sorted():
+        rows = rows.sort("_line")
     # NVMe transfer direction, in file order
-    nv = (pl.when(pl.col("ev_name") == "pci_nvme_read").then(pl.lit("write"))
-          .when(pl.col("ev_name") == "pci_nvme_write").then(pl.lit("read")))
-    rows = rows.sort("_line").with_columns(nv.forward_fill().alias("nvme_dir"))
-    if state.nvme_dir is not None:
-        rows = rows.with_columns(pl.col("nvme_dir").fill_null(state.nvme_dir))
-    last = rows["nvme_dir"].drop_nulls()
-    if last.len():
-        state.nvme_dir = last[-1]
+    if state.nvme_dir is not None or rows["ev_name"].is_in(["pci_nvme_read", "pci_nvme_write"]).any():
+        nv = (pl.when(pl.col("ev_name") == "pci_nvme_read").then(pl.lit("write"))
+              .when(pl.col("ev_name") == "pci_nvme_write").then(pl.lit("read")))
+        rows = rows.with_columns(nv.forward_fill().alias("nvme_dir"))
+        if state.nvme_dir is not None:
+            rows = rows.with_columns(pl.col("nvme_dir").fill_null(state.nvme_dir))
+        last = rows["nvme_dir"].drop_nulls()
+        if last.len():
+            state.nvme_dir = last[-1]
+    else:
+        rows = rows.with_columns(pl.lit(None, pl.String).alias("nvme_dir"))
 
     base_cols = ["_line", "src_line", "time", "tid", "rest", "nvme_dir"] + (
         ["host_agent"] if "host_agent" in rows.columns else [])
     out = []
-    for name in rows["ev_name"].unique().sort().to_list():
-        sub = rows.filter(pl.col("ev_name") == name).select(*base_cols, "ev_body")
+    # one pass splits the rows by event name (file order kept within each name)
+    groups = rows.select(*base_cols, "ev_body", "ev_name").partition_by("ev_name", as_dict=True,
+                                                                          maintain_order=True)
+    for (name,), sub in sorted(groups.items()):
+        sub = sub.drop("ev_name")
         state.bump(f"event:{name}", sub.height)
         for d in table.definitions(name):
             matched, fields = decode_args(pl.col("ev_body"), d)
             if d.fields:  # one regex pass: every group is mandatory, so a match fills the first
-                x = sub.with_columns(pl.col("ev_body").str.extract_groups(d.regex).alias("_g"))
-                hit = pl.col("_g").struct.field(d.fields[0][0]).is_not_null()
-                ok = x.filter(hit).with_columns(_typed(d, "_g")).drop("_g")
-                sub = x.filter(~hit).drop("_g")
+                # the one-pass form first (same captures where it matches), then the exact regex
+                for rx in filter(None, (fast_regex(d), d.regex)):
+                    x = sub.with_columns(pl.col("ev_body").str.extract_groups(rx).alias("_g"))
+                    hit = x.select(pl.col("_g").struct.field(d.fields[0][0]).is_not_null())
+                    if hit.to_series().all():
+                        ok, sub = x, x.clear().drop("_g")
+                    else:
+                        ok = x.filter(hit.to_series())
+                        sub = x.filter(~hit.to_series()).drop("_g")
+                    ok = ok.with_columns(_typed(d, "_g")).drop("_g")
+                    if ok.height:
+                        out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))
+                    if sub.height == 0:
+                        break
             else:
                 x = sub.with_columns(matched.alias("_m"))
                 ok = x.filter(pl.col("_m")).drop("_m")
                 sub = x.filter(~pl.col("_m")).drop("_m")
-            if ok.height:
-                out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))
+                if ok.height:
+                    out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))
             if sub.height == 0:
                 break
         if sub.height:
@@ -426,14 +444,15 @@ class QemuLogImporter:
                     qi.check_strict(df, src)
                 qi.count_kinds(df, kinds)
                 qi.unknown_examples(df, examples)
+                df = df.drop("line")  # the text is in ``rest`` (after the prefix) from here on
                 if held is not None:
                     df = pl.concat([held, df], how="vertical_relaxed")
                     held = None
-                ex = df.filter(pl.col("kind") == "execlog")["_line"]
-                if ex.len():
-                    last = ex.max()
-                    held = df.filter(pl.col("_line") > last)
-                    df = df.filter(pl.col("_line") <= last)
+                # rows are in file order: cut (zero-copy) after the last execlog line
+                last = df.select(pl.arg_where(pl.col("kind") == "execlog").max()).item()
+                if last is not None:
+                    held = df.slice(last + 1)
+                    df = df.slice(0, last + 1)
                 elif pl_state.last_execlog_line is not None and df.height < HOLD_LIMIT:
                     held = df  # the next execlog line may belong before all of these
                     continue
@@ -494,17 +513,19 @@ def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, Eve
                      gmap: Any = None) -> pl.DataFrame:
     """One classified batch of a QEMU log -> trace-v1 rows in file order."""
     parts = []
-    ev = df.filter(pl.col("kind") == "event")
-    if not pl_state.mmio_traced and ev.filter(pl.col("ev_name").str.starts_with("memory_region_ops_")
-                                              & ~pl.col("ev_body").str.starts_with("cpu -")).height:
+    is_ev = df["kind"] == "event"
+    ev = df if is_ev.all() else df.filter(is_ev)
+    if not pl_state.mmio_traced and ev.select((pl.col("ev_name").str.starts_with("memory_region_ops_")
+                                               & ~pl.col("ev_body").str.starts_with("cpu -")).any()).item():
         pl_state.mmio_traced = True
     if ev.height:
         out = decode_event_rows(ev, table, mapping, ev_state, src)
         if out.height:
             parts.append(out)
-    need_plugin = df.filter(pl.col("kind").is_in(["execlog", "mem-csv", "cpu-dump"])).height > 0
+    need_plugin = bool(df["kind"].is_in(["execlog", "mem-csv", "cpu-dump"]).any())
     if need_plugin:
-        small = df.filter(pl.col("kind").is_in(["execlog", "exec", "mem-csv", "cpu-dump"]))
+        small = df.select("_line", "src_line", "time", "rest", "kind").filter(
+            pl.col("kind").is_in(["execlog", "exec", "mem-csv", "cpu-dump"]))
         small = small.with_columns(current_vcpu_column(small, pl_state).alias("vcpu"))
         dumps = small.filter(pl.col("kind") == "cpu-dump").with_columns(pl.col("vcpu").fill_null(0))
         ex = small.filter(pl.col("kind") == "execlog")
@@ -523,7 +544,14 @@ def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, Eve
     out = out.with_columns(pl.coalesce("_oline", "_line").alias("_oline"), pl.coalesce("_osub", "_sub").alias("_osub"))
     # one integer key: _osub is 0..1200, an execlog row's _oline is unique per line
     key = pl.col("_oline").cast(pl.UInt64) * 4096 + pl.col("_osub").cast(pl.UInt64)
-    return finish(out.sort([key, pl.col("_line")], maintain_order=True), src)
+    # Order by the integer key alone (its arg-sort), then only gather; rows sharing a key
+    # (none in practice) are ordered by their line, as a sort on (key, _line) would.
+    out = out.with_columns(key.alias("_key"))
+    order = out.select(pl.int_range(pl.len(), dtype=pl.UInt32).sort_by("_key", maintain_order=True))[:, 0]
+    out = out[order]
+    if out.select(((pl.col("_key").diff() == 0) & (pl.col("_line").diff() < 0)).any()).item():
+        out = out.sort(["_key", "_line"], maintain_order=True)
+    return finish(out, src)
 
 
 __all__ = ["QemuLogImporter", "IMPORTER", "load_mapping", "decode_event_rows", "EventState", "EventMapping"]

@@ -56,6 +56,8 @@ MEM_SUFFIX = r", (?:load|store), 0x[0-9a-fA-F]+(?:, [^,\s]+)?"
 # After ", load, " / ", store, " became "|load " / "|store ", one access is:
 MEM_ITEM = r"\|(load|store) 0x([0-9a-fA-F]+)(?:, ([^,|>\s]+)(?:,|$))?"
 REG_ITEM = r", ([A-Za-z_][\w.]*) -> 0x([0-9a-fA-F]+)"
+#: A suffix that the MEM_SUFFIX / REG_ITEM removal accepts, in its usual shape (a subset).
+_USUAL_SUFFIX = r"^(?:, (?:load|store), 0x[0-9a-fA-F]+, [^,\s]+)*(?:, [A-Za-z_][\w.]* -> 0x[0-9a-fA-F]+)*$"
 
 MEMCSV_RE = (r"^0x(?P<insn_vaddr>[0-9a-fA-F]+),(?P<sym>[^,]*),0x(?P<mem_vaddr>[0-9a-fA-F]+),"
              r"0x(?P<mem_hwaddr>[0-9a-fA-F]+),(?P<bits>\d+),(?P<type>load|store),0x(?P<value>[0-9a-fA-F]+)$")
@@ -150,9 +152,7 @@ class PluginState:
 
 
 _REG_CODE = {**{f"x{i}": i for i in range(31)}, "sp": 31, "xzr": 32}
-_OBS_SCHEMA = {"vcpu": pl.Int64, "reg": pl.String, "key": pl.Int64, "kind": pl.String, "val": pl.UInt64,
-               "src": pl.String, "w32": pl.Boolean,
-               "lane": pl.Int64}
+_REG_NAME = {c: r for r, c in _REG_CODE.items()}
 
 
 def _xreg(reg: pl.Expr) -> pl.Expr:
@@ -295,38 +295,49 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
     Returns ``vcpu, reg, key, rval`` (key = 4 * line + order in the line), rval null if unknown.
     """
     key1 = (pl.col("_line").cast(pl.Int64) * 4 + 1).alias("key")
-    none = [pl.lit(None, pl.UInt64).alias("val"), pl.lit(None, pl.Int64).alias("lane"),
-            pl.lit(None, pl.String).alias("src"), pl.lit(False).alias("w32")]
+    ints = {"vcpu": pl.Int64, "r": pl.Int64, "key": pl.Int64, "k": pl.Int64, "x": pl.UInt64, "h": pl.Boolean,
+            "l": pl.Int64, "s": pl.Int64, "w": pl.Boolean}
+    clob = [pl.lit(_KIND_CODE["clobber"], pl.Int64).alias("k"), pl.lit(0, pl.UInt64).alias("x"),
+            pl.lit(False).alias("h"), pl.lit(0, pl.Int64).alias("l"), pl.lit(32, pl.Int64).alias("s"),
+            pl.lit(False).alias("w")]
+    gl = g.lazy()
+    # Register names and kinds are coded as integers per distinct disassembly
+    # (instruction_codes), so the rows below are all integers.
     parts = [
         # what the instruction itself does (decoded once per distinct text: instruction_effects)
-        g.filter(pl.col("w_kind").is_not_null()).select(
-            "vcpu", pl.col("w_reg").alias("reg"), key1, pl.col("w_kind").alias("kind"),
-            pl.col("w_val").alias("val"), pl.col("w_lane").alias("lane"), pl.col("w_src").alias("src"),
-            pl.col("w_32").fill_null(False).alias("w32")),
-        g.filter(pl.col("w_reg2").is_not_null()).select(
-            "vcpu", pl.col("w_reg2").alias("reg"), key1, pl.lit("clobber").alias("kind"), *none),
-        g.filter(pl.col("wb_reg").is_not_null()).select(
-            "vcpu", pl.col("wb_reg").alias("reg"), key1, pl.lit("clobber").alias("kind"), *none),
+        gl.filter(pl.col("w_k").is_not_null()).select(
+            "vcpu", pl.col("w_r").alias("r"), key1, pl.col("w_k").alias("k"),
+            pl.col("w_val").fill_null(0).alias("x"), pl.col("w_val").is_not_null().alias("h"),
+            pl.col("w_lane").fill_null(0).alias("l"), pl.col("w_s").alias("s"),
+            pl.col("w_32").fill_null(False).alias("w")),
+        gl.filter(pl.col("w_r2").is_not_null()).select("vcpu", pl.col("w_r2").alias("r"), key1, *clob),
+        gl.filter(pl.col("wb_r").is_not_null()).select("vcpu", pl.col("wb_r").alias("r"), key1, *clob),
         # execlog register suffixes (value after the instruction)
-        g.filter(pl.col("suffix").str.contains(" -> ", literal=True))
+        gl.filter(pl.col("suffix").str.contains(" -> ", literal=True))
         .select("vcpu", "_line", pl.col("suffix").str.extract_all(REG_ITEM).alias("m")).explode("m").drop_nulls("m")
         .select("vcpu", _xreg(pl.col("m").str.extract(r"^, ([A-Za-z_][\w.]*) ->", 1)).alias("reg"),
-                (pl.col("_line").cast(pl.Int64) * 4 + 2).alias("key"), pl.lit("set").alias("kind"),
-                hex_u64(pl.col("m").str.extract(r"-> 0x([0-9a-fA-F]+)$", 1)).alias("val"),
-                pl.lit(None, pl.Int64).alias("lane"), pl.lit(None, pl.String).alias("src"), pl.lit(False).alias("w32"))
-        .filter(pl.col("reg").is_not_null() & (pl.col("reg") != "xzr")),
+                (pl.col("_line").cast(pl.Int64) * 4 + 2).alias("key"),
+                hex_u64(pl.col("m").str.extract(r"-> 0x([0-9a-fA-F]+)$", 1)).alias("val"))
+        .filter(pl.col("reg").is_not_null() & (pl.col("reg") != "xzr"))
+        .select("vcpu", pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"), "key",
+                pl.lit(_KIND_CODE["set"], pl.Int64).alias("k"), pl.col("val").fill_null(0).alias("x"),
+                pl.col("val").is_not_null().alias("h"), pl.lit(0, pl.Int64).alias("l"),
+                pl.lit(32, pl.Int64).alias("s"), pl.lit(False).alias("w")),
         # -d cpu dumps
-        _dump_keys(dump_obs, g).select("vcpu", "reg", "key", pl.lit("set").alias("kind"), pl.col("rval").alias("val"),
-                                       pl.lit(None, pl.Int64).alias("lane"), pl.lit(None, pl.String).alias("src"),
-                                       pl.lit(False).alias("w32")),
+        _dump_keys(dump_obs, g).lazy().select(
+            "vcpu", pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"), "key",
+            pl.lit(_KIND_CODE["set"], pl.Int64).alias("k"), pl.col("rval").fill_null(0).alias("x"),
+            pl.col("rval").is_not_null().alias("h"), pl.lit(0, pl.Int64).alias("l"), pl.lit(32, pl.Int64).alias("s"),
+            pl.lit(False).alias("w")),
     ]
     # the state carried from earlier batches, as rows at key 0 (so that look-ups find it)
     carried = [(v, r, val) for (v, r), val in state.regs.items()]
-    parts.insert(0, pl.DataFrame(
-        {"vcpu": [c[0] for c in carried], "reg": [c[1] for c in carried], "key": [0] * len(carried),
-         "kind": ["set"] * len(carried), "val": [c[2] for c in carried], "src": [None] * len(carried),
-         "w32": [False] * len(carried), "lane": [None] * len(carried)}, schema=_OBS_SCHEMA))
-    obs = pl.concat([p.select(list(_OBS_SCHEMA)).cast(_OBS_SCHEMA) for p in parts]).sort("key", maintain_order=True)
+    parts.insert(0, pl.LazyFrame(
+        {"vcpu": [c[0] for c in carried], "r": [_REG_CODE.get(c[1], 32) for c in carried],
+         "key": [0] * len(carried), "k": [_KIND_CODE["set"]] * len(carried),
+         "x": [c[2] or 0 for c in carried], "h": [c[2] is not None for c in carried],
+         "l": [0] * len(carried), "s": [32] * len(carried), "w": [False] * len(carried)}, schema=ints))
+    obs = pl.concat([p.cast(ints) for p in parts]).sort("key", maintain_order=True).collect()
     vcpus = sorted(set(obs["vcpu"].unique().to_list()) | {v for v, _ in state.regs})
     vidx = {v: i for i, v in enumerate(vcpus)}
     sv = np.zeros((max(1, len(vcpus)), 33), np.uint64)
@@ -336,18 +347,12 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
             sv[vidx[v], _REG_CODE[r]] = val
             sk[vidx[v], _REG_CODE[r]] = True
     if obs.height:
-        enc = obs.select(
-            pl.col("vcpu").replace_strict(vidx, return_dtype=pl.Int64).alias("v"),
-            pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"),
-            pl.col("kind").replace_strict(_KIND_CODE, return_dtype=pl.Int64).alias("k"),
-            pl.col("val").fill_null(0).alias("x"), pl.col("val").is_not_null().alias("h"),
-            pl.col("lane").fill_null(0).alias("l"),
-            pl.col("src").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("s"),
-            pl.col("w32").fill_null(False).alias("w"))
-        out_v, out_k = _regscan(*(enc[c].to_numpy() for c in ("v", "r", "k", "x", "h", "l", "s", "w")), sv, sk)
+        v = obs["vcpu"].replace_strict(vidx, return_dtype=pl.Int64) if len(vidx) > 1 or vcpus[0] != 0 else obs["vcpu"]
+        out_v, out_k = _regscan(v.to_numpy(), *(obs[c].to_numpy() for c in ("r", "k", "x", "h", "l", "s", "w")), sv, sk)
         obs = obs.with_columns(pl.when(pl.Series(out_k)).then(pl.Series(out_v, dtype=pl.UInt64)).alias("rval"))
     else:
         obs = obs.with_columns(pl.lit(None, pl.UInt64).alias("rval"))
+    obs = obs.with_columns(pl.col("r").replace_strict(_REG_NAME, default="xzr", return_dtype=pl.String).alias("reg"))
     # carry: every register's state after this batch
     state.regs = {(v, r): (int(sv[i, c]) if sk[i, c] else None)
                   for v, i in vidx.items() for r, c in _REG_CODE.items() if c < 32}
@@ -422,20 +427,30 @@ def _dump_keys(dump_obs: pl.DataFrame, g: pl.DataFrame) -> pl.DataFrame:
 
 
 def _split_execlog(df: pl.DataFrame) -> pl.DataFrame:
-    """``V, 0xPC, 0xOP, "DISAS"SUFFIX`` -> vcpu, pc, disas, suffix (split/find/slice kernels).
+    """``V, 0xPC, 0xOP, "DISAS"SUFFIX`` -> vcpu, pc, disas, suffix (find/slice kernels).
 
-    The classifier already matched the head with a regex; capture groups over
-    millions of lines would cost more than the rest of the decoding. Each stage
-    is materialised (eager expressions are not shared between columns).
+    The classifier already matched the head (``^\\d+, 0x[0-9a-fA-F]+, 0x[0-9a-fA-F]+, "``,
+    ASCII, so byte offsets are character offsets): the fields are cut at the found
+    separators; capture groups or splits into new columns over millions of lines
+    would cost more than the rest of the decoding.
     """
-    df = df.with_columns(pl.col("rest").str.splitn(", ", 4).alias("_p"))
+    rest = pl.col("rest")
+    df = df.with_columns(rest.str.find(", ", literal=True).alias("_c1"),
+                         rest.str.find(_OPCODE_AT).alias("_c2"),
+                         rest.str.find('"', literal=True).alias("_q"))
     df = df.with_columns(
-        pl.col("_p").struct.field("field_0").cast(pl.Int64, strict=False).alias("vcpu"),
-        hex_u64(pl.col("_p").struct.field("field_1")).alias("pc"),
-        pl.col("_p").struct.field("field_3").str.slice(1).alias("_q"))  # after the opening quote
-    df = df.with_columns(pl.col("_q").str.find('"', literal=True).alias("_e"))
-    return df.with_columns(pl.col("_q").str.slice(0, pl.col("_e")).alias("disas"),
-                           pl.col("_q").str.slice(pl.col("_e") + 1).alias("suffix")).drop("_p", "_q", "_e")
+        rest.str.slice(0, pl.col("_c1")).cast(pl.Int64, strict=False).alias("vcpu"),
+        rest.str.slice(pl.col("_c1") + 4, pl.col("_c2") - pl.col("_c1") - 4)
+        .str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("pc"),
+        rest.str.slice(pl.col("_q") + 1).alias("_t"))  # after the opening quote
+    df = df.with_columns(pl.col("_t").str.find('"', literal=True).alias("_e"))
+    return df.with_columns(pl.col("_t").str.slice(0, pl.col("_e")).alias("disas"),
+                           pl.col("_t").str.slice(pl.col("_e") + 1).alias("suffix")).drop(
+        "_c1", "_c2", "_q", "_t", "_e")
+
+
+#: Where the opcode field starts (``, 0xOP, "``): the end of the PC field.
+_OPCODE_AT = r', 0x[0-9a-fA-F]+, "'
 
 
 def _operands(df: pl.DataFrame) -> pl.DataFrame:
@@ -453,12 +468,20 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
                    line_size: int, gmap: "GuestMap | None" = None) -> pl.DataFrame:
     """execlog lines (``_line``, ``src_line``, ``rest``, ``time``) -> event rows with ``_line``/``_sub``."""
     g = _split_execlog(rows.select("_line", "src_line", "time", "rest"))
-    has_suffix = pl.col("suffix") != ""
+    # A suffix is memory items then register items. The usual shape (system mode: every
+    # memory item names its device) is one DFA test; the others get the exact check:
+    # nothing may be left once the memory items, then the register items, are removed.
+    g = g.with_columns(pl.col("suffix").str.contains(_USUAL_SUFFIX).alias("_usual"))
     leftover = (pl.col("suffix").str.replace_all(MEM_SUFFIX, "").str.replace_all(REG_ITEM, ""))
-    bad = g.filter(pl.col("vcpu").is_null() | pl.col("pc").is_null() | pl.col("disas").is_null())
-    bad = pl.concat([bad, g.filter(has_suffix).filter(leftover != "")])
-    fail_first(bad.with_columns(pl.col("rest").alias("line")), src,
-               "an execlog line 'VCPU, 0xPC, 0xOPCODE, \"DISAS\"[, load|store, 0xADDR[, DEVICE]]...[, REG -> 0xVAL]...'")
+    bad = g.filter(pl.col("vcpu").is_null() | pl.col("pc").is_null() | pl.col("disas").is_null()
+                   | ~pl.col("_usual"))
+    if bad.height:
+        bad = bad.filter(pl.col("vcpu").is_null() | pl.col("pc").is_null() | pl.col("disas").is_null()
+                         | (leftover != ""))
+        fail_first(bad.with_columns(pl.col("rest").alias("line")), src,
+                   "an execlog line 'VCPU, 0xPC, 0xOPCODE, \"DISAS\"[, load|store, 0xADDR[, DEVICE]]..."
+                   "[, REG -> 0xVAL]...'")
+    g = g.drop("rest")
 
     # --- disassembly: mnemonic and operands (QEMU's disassemblers print lower case)
     # execlog prints an instruction when the next one starts, so trace events the
@@ -483,7 +506,17 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
         .when(is_ic).then(pl.col("op1").replace_strict(IC_OPS, default=None)).alias("cmo"),
         # the register whose value the instruction uses
         pl.when(is_msr | is_dc | is_ic).then(_xreg(pl.col("op2"))).alias("use_reg"),
-    )
+        pl.col("mn").is_in(["dsb", "dmb", "isb", "sb", "ssbb", "pssbb"]).alias("is_bar"),
+        # register effects as integer codes for the replay (register_writes)
+        pl.col("w_kind").replace_strict(_KIND_CODE, default=None, return_dtype=pl.Int64).alias("w_k"),
+        pl.col("w_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_r"),
+        pl.col("w_src").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_s"),
+        pl.when(pl.col("w_reg2").is_not_null())
+        .then(pl.col("w_reg2").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("w_r2"),
+        pl.when(pl.col("wb_reg").is_not_null())
+        .then(pl.col("wb_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("wb_r"),
+    ).select("disas", "total", "sysreg", "cmo", "use_reg", "is_bar", "w_k", "w_r", "w_s", "w_val", "w_lane",
+             "w_32", "w_r2", "wb_r")
     g = g.join(dis, on="disas", how="left", maintain_order="left")
     # value written by msr: a suffix naming the sysreg itself wins
     own = pl.col("suffix").str.extract(r", (?:sctlr|mair|tcr|ttbr0|ttbr1)_el12? -> 0x([0-9a-fA-F]+)", 1)
@@ -514,55 +547,61 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
     carried = pl.DataFrame({"_line": [0] * len(state.sctlr), "vcpu": list(state.sctlr),
                             "sctlr": list(state.sctlr.values())},
                            schema={"_line": pl.UInt64, "vcpu": pl.Int64, "sctlr": pl.UInt64})
-    timeline = pl.concat([carried, sctlr_w]).sort("_line")
-    g = g.sort("_line").join_asof(timeline, on="_line", by="vcpu", strategy="backward",
-                                  allow_exact_matches=False, check_sortedness=False)
+    if not g["_line"].is_sorted():
+        g = g.sort("_line")
+    if sctlr_w.height:
+        timeline = pl.concat([carried, sctlr_w]).sort("_line")
+        g = g.join_asof(timeline, on="_line", by="vcpu", strategy="backward",
+                        allow_exact_matches=False, check_sortedness=False)
+    else:  # no write in this batch: every vCPU's value is the carried one
+        g = g.with_columns(pl.col("vcpu").replace_strict(dict(state.sctlr), default=None, return_dtype=pl.UInt64)
+                           .alias("sctlr"))
     mmu_off = (pl.col("sctlr") & 1) == 0
     # physical PC and physical address of a by-VA maintenance operation
     from .guest_map import translate_va
-    g = g.with_row_index("_i")
-    pc_pa = translate_va(g.filter(~mmu_off).select("_i", pl.col("pc").alias("va")), gmap).select(
-        "_i", pl.col("pa").alias("pc_pa"))
-    va_pa = translate_va(g.filter(~mmu_off & pl.col("regval").is_not_null() & pl.col("cmo").is_not_null())
-                         .select("_i", pl.col("regval").alias("va")), gmap).select("_i", pl.col("pa").alias("va_pa"))
-    g = g.join(pc_pa, on="_i", how="left").join(va_pa, on="_i", how="left").sort("_line").with_columns(
+    on = ~mmu_off
+    va_on = ~mmu_off & pl.col("regval").is_not_null() & pl.col("cmo").is_not_null()
+    if gmap is not None and g.select(on.any()).item():
+        g = g.with_row_index("_i")
+        pc_pa = translate_va(g.filter(on).select("_i", pl.col("pc").alias("va")), gmap).select(
+            "_i", pl.col("pa").alias("pc_pa"))
+        va_pa = translate_va(g.filter(va_on).select("_i", pl.col("regval").alias("va")), gmap).select(
+            "_i", pl.col("pa").alias("va_pa"))
+        g = g.join(pc_pa, on="_i", how="left").join(va_pa, on="_i", how="left").sort("_line").drop("_i")
+    else:  # no guest map (or the MMU is off throughout): no virtual address is translated
+        g = g.with_columns(pl.lit(None, pl.UInt64).alias("pc_pa"), pl.lit(None, pl.UInt64).alias("va_pa"))
+    g = g.with_columns(
         pl.when(mmu_off).then(pl.col("pc")).otherwise(pl.col("pc_pa")).alias("pc_pa"),
         pl.when(mmu_off).then(pl.col("regval")).otherwise(pl.col("va_pa")).alias("va_pa"))
     # A physical address has at most 52 bits: a "physical" PC like 0xffff8000... means
     # the log did not start at reset (or filtered out the SCTLR_EL1 write): not physical.
     too_big = pl.lit(1 << 52, pl.UInt64)
-    state.bump("addresses_not_physical_with_mmu_off", g.filter(
-        mmu_off & ((pl.col("pc") >= too_big) | (pl.col("cmo").is_not_null() & (pl.col("regval") >= too_big)))).height)
+    state.bump("addresses_not_physical_with_mmu_off", _count(
+        g, mmu_off & ((pl.col("pc") >= too_big) | (pl.col("cmo").is_not_null() & (pl.col("regval") >= too_big)))))
     g = g.with_columns(pl.when(pl.col("pc_pa") < too_big).then(pl.col("pc_pa")).alias("pc_pa"),
                        pl.when(pl.col("va_pa") < too_big).then(pl.col("va_pa")).alias("va_pa"))
+    gl = g.lazy()
 
     # --- memory accesses
-    acc = g.filter(pl.col("suffix").str.contains(", load, ", literal=True)
-                   | pl.col("suffix").str.contains(", store, ", literal=True)).select(
-        "_line", "_oline", "src_line", "time", "vcpu", "disas", "mn", "total",
-        pl.col("suffix").str.replace_all(r", (load|store), ", "|$1 ").str.split("|").list.slice(1).alias("m"))
-    acc = acc.with_columns(pl.col("m").list.len().alias("n_acc"))
-    acc = acc.with_columns(pl.int_ranges(0, pl.col("n_acc")).alias("k")).explode("m", "k")
-    # one item: "load 0x4123a008, RAM[, x0 -> 0x...]" (system mode) or "load 0x4123a008" (user mode)
-    acc = acc.with_columns(pl.col("m").str.splitn(" ", 2).alias("_a"))
-    acc = acc.with_columns(pl.col("_a").struct.field("field_0").alias("dir"),
-                           pl.col("_a").struct.field("field_1").str.splitn(", ", 3).alias("_b"))
-    dev = pl.col("_b").struct.field("field_1")
-    acc = acc.with_columns(
-        hex_u64(pl.col("_b").struct.field("field_0")).alias("addr"),
-        pl.when(dev.str.contains(" -> ", literal=True)).then(None).otherwise(dev).alias("device"),
-    ).drop("_a", "_b")
+    has_mem = (pl.col("suffix").str.contains(", load, ", literal=True)
+               | pl.col("suffix").str.contains(", store, ", literal=True))
+    cols = ["_line", "_oline", "src_line", "time", "vcpu", "disas", "total"]
+    acc = _mem_items(gl.filter(has_mem & pl.col("_usual")).select(*cols, "suffix").collect())
+    if not g["_usual"].all():
+        acc = pl.concat([acc, _mem_items_exact(gl.filter(has_mem & ~pl.col("_usual")).select(*cols, "suffix")
+                                                .collect())])
     per = pl.col("total") // pl.col("n_acc")
     size_ok = pl.col("total").is_not_null() & (pl.col("total") >= pl.col("n_acc")) & \
         (pl.col("total") % pl.col("n_acc") == 0)
     acc = acc.with_columns(pl.when(size_ok).then(per).otherwise(1).cast(pl.UInt64).alias("size"),
                            size_ok.alias("size_known"))
-    state.bump("execlog_accesses", acc.height)
-    state.bump("execlog_accesses_size_unknown", acc.filter(~pl.col("size_known")).height)
-    state.bump("execlog_accesses_mmio", acc.filter(pl.col("device").is_not_null() & (pl.col("device") != "RAM")).height)
     mmio = pl.col("device").is_not_null() & (pl.col("device") != "RAM")
     dup = mmio & pl.lit(state.mmio_traced)
-    state.bump("execlog_mmio_also_traced", acc.filter(dup).height)
+    n = acc.select((~pl.col("size_known")).sum().alias("a"), mmio.sum().alias("b"), dup.sum().alias("c")).row(0)
+    state.bump("execlog_accesses", acc.height)
+    state.bump("execlog_accesses_size_unknown", n[0])
+    state.bump("execlog_accesses_mmio", n[1])
+    state.bump("execlog_mmio_also_traced", n[2])
     accesses = acc.select(
         "_line", "_oline", (pl.col("k") + 1).cast(pl.Int64).alias("_sub"), "src_line", "time",
         pl.format("guest.{}", "vcpu").alias("agent"),
@@ -577,16 +616,17 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
     )
 
     # --- instruction fetches where the PC's physical address is known
-    ifetch = g.filter(pl.col("pc_pa").is_not_null()).select(
+    ifetch = gl.filter(pl.col("pc_pa").is_not_null()).select(
         "_line", "_oline", pl.lit(0, pl.Int64).alias("_sub"), "src_line", "time",
         pl.format("guest.{}", "vcpu").alias("agent"), pl.lit("ifetch").alias("op"),
-        pl.col("pc_pa").alias("addr"), pl.lit(4, pl.UInt64).alias("size"))
+        pl.col("pc_pa").alias("addr"), pl.lit(4, pl.UInt64).alias("size")).collect()
     state.bump("execlog_instructions", g.height)
     state.bump("execlog_ifetch_emitted", ifetch.height)
     state.bump("execlog_ifetch_virtual_only", g.height - ifetch.height)
 
     # --- sysreg writes
-    sysw = g.filter(pl.col("sysreg").is_not_null())
+    sysw = gl.filter(pl.col("sysreg").is_not_null()).select(
+        "_line", "_oline", "src_line", "time", "vcpu", "sysreg", "regval", "disas").collect()
     known = pl.col("regval").is_not_null()
     sysreg = sysw.select(
         "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), "src_line", "time",
@@ -596,10 +636,11 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
         pl.col("regval").alias("value"),
         pl.when(known).then(None).otherwise(pl.format("{} (value unknown)", "disas")).alias("detail"))
     state.bump("sysreg_writes", sysw.height)
-    state.bump("sysreg_writes_value_unknown", sysw.filter(~known).height)
+    state.bump("sysreg_writes_value_unknown", _count(sysw, ~known))
 
     # --- maintenance
-    cm = g.filter(pl.col("cmo").is_not_null())
+    cm = gl.filter(pl.col("cmo").is_not_null()).select(
+        "_line", "_oline", "src_line", "time", "vcpu", "cmo", "va_pa", "regval", "disas").collect()
     by_va = pl.col("cmo").is_in(list(DC_BY_VA.values()) + ["ic.ivau"])
     pa_known = by_va & pl.col("va_pa").is_not_null()
     mask = ~pl.lit(line_size - 1, pl.UInt64)
@@ -616,13 +657,13 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
                              hex_str(pl.col("regval"))))
         .alias("detail"))
     state.bump("cmo", cm.height)
-    state.bump("cmo_address_unknown", cm.filter(by_va & ~pa_known).height)
+    state.bump("cmo_address_unknown", _count(cm, by_va & ~pa_known))
 
     # --- barriers
-    bar = g.filter(pl.col("mn").is_in(["dsb", "dmb", "isb", "sb", "ssbb", "pssbb"])).select(
+    bar = gl.filter(pl.col("is_bar")).select(
         "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), "src_line", "time",
         pl.format("guest.{}", "vcpu").alias("agent"), pl.lit("barrier").alias("op"),
-        pl.col("disas").str.strip_chars().str.replace_all(r"\s+", ".").alias("detail"))
+        pl.col("disas").str.strip_chars().str.replace_all(r"\s+", ".").alias("detail")).collect()
 
     # --- carry state to the next batch
     if sctlr_w.height:
@@ -630,6 +671,55 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
             state.sctlr[int(v)] = int(val)
     out = pl.concat([ifetch, accesses, sysreg, cmo, bar], how="diagonal_relaxed")
     return out.with_columns((pl.col("_sub") + 1000).alias("_osub"))
+
+
+def _count(df: pl.DataFrame, cond: pl.Expr) -> int:
+    """Rows of ``df`` where ``cond`` holds (without materialising them)."""
+    return int(df.select(cond.sum()).item() or 0)
+
+
+def _mem_items(acc: pl.DataFrame) -> pl.DataFrame:
+    """One row per memory item of suffixes in the usual shape (``, load|store, 0xADDR, DEVICE``...).
+
+    There ``, load, `` / ``, store, `` occur only where an item starts (devices and
+    register items hold no ``, ``), so literal replaces mark the items; each item is
+    ``load 0xADDR, DEVICE[, REG -> 0xVAL...]`` and is cut with find/slice.
+    """
+    acc = acc.with_columns(
+        pl.col("suffix").str.replace_all(", load, ", "|load ", literal=True)
+        .str.replace_all(", store, ", "|store ", literal=True).str.split("|").list.slice(1).alias("m")).drop("suffix")
+    acc = acc.with_columns(pl.col("m").list.len().alias("n_acc"))
+    acc = acc.with_columns(pl.int_ranges(0, pl.col("n_acc")).alias("k")).explode("m", "k")
+    m = pl.col("m")
+    store = m.str.starts_with("store ")
+    acc = acc.with_columns(store.alias("_st"), m.str.find(", ", literal=True).alias("_c"))
+    at = pl.when(pl.col("_st")).then(pl.lit(8)).otherwise(pl.lit(7))  # after "store 0x" / "load 0x"
+    acc = acc.with_columns(
+        pl.when(pl.col("_st")).then(pl.lit("store")).otherwise(pl.lit("load")).alias("dir"),
+        m.str.slice(at, pl.col("_c") - at).str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("addr"),
+        m.str.slice(pl.col("_c") + 2).alias("_d"))
+    acc = acc.with_columns(pl.col("_d").str.find(", ", literal=True).alias("_e"))
+    return acc.with_columns(
+        pl.when(pl.col("_e").is_null()).then(pl.col("_d")).otherwise(pl.col("_d").str.slice(0, pl.col("_e")))
+        .alias("device")).drop("m", "_st", "_c", "_d", "_e")
+
+
+def _mem_items_exact(acc: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_mem_items` for any accepted suffix (user mode: items without a device, ...)."""
+    acc = acc.with_columns(
+        pl.col("suffix").str.replace_all(r", (load|store), ", "|$1 ").str.split("|").list.slice(1).alias("m")
+    ).drop("suffix")
+    acc = acc.with_columns(pl.col("m").list.len().alias("n_acc"))
+    acc = acc.with_columns(pl.int_ranges(0, pl.col("n_acc")).alias("k")).explode("m", "k")
+    # one item: "load 0x4123a008, RAM[, x0 -> 0x...]" (system mode) or "load 0x4123a008" (user mode)
+    acc = acc.with_columns(pl.col("m").str.splitn(" ", 2).alias("_a"))
+    acc = acc.with_columns(pl.col("_a").struct.field("field_0").alias("dir"),
+                           pl.col("_a").struct.field("field_1").str.splitn(", ", 3).alias("_b"))
+    dev = pl.col("_b").struct.field("field_1")
+    return acc.with_columns(
+        hex_u64(pl.col("_b").struct.field("field_0")).alias("addr"),
+        pl.when(dev.str.contains(" -> ", literal=True)).then(None).otherwise(dev).alias("device"),
+    ).drop("_a", "_b", "m")
 
 
 def decode_memcsv(rows: pl.DataFrame, state: PluginState, src: str) -> pl.DataFrame:

@@ -272,6 +272,39 @@ def decode_args(body: pl.Expr, ev: EventDef) -> tuple[pl.Expr, list[pl.Expr]]:
     return body.str.contains(ev.regex), typed_fields(body.str.extract_groups(ev.regex), ev)
 
 
+def fast_regex(ev: EventDef) -> str | None:
+    """A regex that reads the common case of ``ev`` with the same groups, cheaper (or None).
+
+    Each lazy string group ``(?P<s>.*?)`` followed by literal text becomes
+    ``(?P<s>[^C\\n]*)``, C the first character of that text: a one-pass regex,
+    which the regex engine captures about twice as fast. Where it matches, the
+    captures are those of :attr:`EventDef.regex` (the lazy group also stops at the
+    first C after which the rest matches, and the rest is the same); a line it
+    does not match (a string argument holding C) is read with the exact regex.
+    """
+    out = _fast_cache.get(ev.regex, 0)
+    if out != 0:
+        return out
+    rx = ev.regex
+    parts: list[str] = []
+    pos = 0
+    for m in _LAZY_STR.finditer(rx):
+        nxt = rx[m.end():]
+        tok = re.match(r"\\[^\w]|[^\\()\[\].*+?{}|$^]", nxt)  # one literal character
+        if tok is None or nxt[tok.end():tok.end() + 1] in ("*", "+", "?", "{"):
+            continue  # not followed by a mandatory literal character: keep the lazy group
+        head = tok.group(0)[-1]
+        parts.append(rx[pos:m.start()] + m.group(1) + "[^" + re.escape(head) + "\\n]*)")
+        pos = m.end()
+    out = "".join(parts) + rx[pos:] if parts else None
+    _fast_cache[ev.regex] = out
+    return out
+
+
+_LAZY_STR = re.compile(r"(\(\?P<\w+>)\.\*\?\)")
+_fast_cache: dict[str, str | None] = {}
+
+
 def typed_fields(groups: pl.Expr, ev: EventDef) -> list[pl.Expr]:
     """The fields of an ``extract_groups`` struct of ``ev``, each converted to its type."""
     out = []
@@ -281,6 +314,8 @@ def typed_fields(groups: pl.Expr, ev: EventDef) -> list[pl.Expr]:
             e = dec_i64(g)
         elif kind == "uint":
             e = g.str.to_integer(base=10, dtype=pl.UInt64, strict=False)
+        elif kind == "hex" and f"(?P<{name}>[0-9a-fA-F]+)" in ev.regex:  # no 0x to strip (no '#' flag)
+            e = g.str.to_integer(base=16, dtype=pl.UInt64, strict=False)
         elif kind == "hex":
             e = hex_u64(g)
         elif kind == "ptr":
