@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from tracekit.cli import app
-from tracekit.schema import polars_schema
+from tracekit.schema import polars_schema, validate_arrow
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOT = ROOT / "sample-traces" / "boot-mmu-off.tkt"
@@ -27,6 +27,7 @@ def test_findings_file_has_the_documented_columns_and_metadata(tmp_path):
     r = run("analyze", BOOT, "-o", out, "--quiet")
     assert r.exit_code == 0, r.output
     f = pl.read_parquet(out)
+    validate_arrow(pq.read_table(out), "findings-v1", where=str(out))
     assert dict(f.schema) == polars_schema("findings-v1")
     assert set(f["mitigation"]) == {"none"} and f.height == 2
     meta = json.loads(pq.read_schema(out).metadata[b"tracekit"])
@@ -90,6 +91,7 @@ def test_unknown_mitigation_lists_the_known_ones():
 def test_emit_trace_shows_what_the_mitigation_inserted(tmp_path):
     out = tmp_path / "t.parquet"
     assert run("analyze", BOOT, "-m", "guest-boot-inval", "--emit-trace", out, "-q").exit_code == 0
+    validate_arrow(pq.read_table(out), "trace-v1", where=str(out))
     t = pl.read_parquet(out)
     inserted = t.filter(pl.col("sub") != 0)
     # invalidations of exactly the lines the vCPU wrote with its MMU off, just before its SCTLR write that sets M
