@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import polars as pl
 
 #: What each (kind, cause) means, short, for table headers and legends.
 CAUSE_TITLES = {

@@ -244,23 +244,10 @@ class FtraceTextImporter:
 
 
 def _info(options: ImportOptions, path: Path | None = None) -> TraceInfo:
-    """Settings: --settings or INPUT.settings.tkt when given (see tabular), else the options."""
-    if path is not None:
-        from .tabular import settings_file, trace_info
-        if settings_file(path, options) is not None:
-            return trace_info(path, options)
-    kw: dict[str, Any] = {}
-    if options.line_size:
-        kw["line_size"] = options.line_size
-    if options.stage2 is not None:
-        kw["stage2"] = options.stage2
-    if options.fwb is not None:
-        kw["fwb"] = options.fwb
-    if options.regions is not None:
-        kw["regions"] = options.regions
-    if options.devices is not None:
-        kw["devices"] = options.devices
-    return TraceInfo(**kw)
+    """Settings: --settings or INPUT.settings.tkt when given, else the options."""
+    from .tabular import options_info
+
+    return options_info(options, path)
 
 
 IMPORTER = FtraceTextImporter()

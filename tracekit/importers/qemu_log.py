@@ -490,22 +490,9 @@ class QemuLogImporter:
 def _info(options: ImportOptions, regions: tuple[Region, ...], path: Path | None = None) -> TraceInfo:
     """The trace settings: a settings file (``--settings`` or INPUT.settings.tkt) wins over what
     the log taught (memory slots, MMIO spans); command options win over both."""
-    if path is not None:
-        from .tabular import settings_file, trace_info
-        if settings_file(path, options) is not None:
-            return trace_info(path, options)
-    kw: dict[str, Any] = {"regions": regions}
-    if options.line_size:
-        kw["line_size"] = options.line_size
-    if options.stage2 is not None:
-        kw["stage2"] = options.stage2
-    if options.fwb is not None:
-        kw["fwb"] = options.fwb
-    if options.regions is not None:
-        kw["regions"] = options.regions
-    if options.devices is not None:
-        kw["devices"] = options.devices
-    return TraceInfo(**kw)
+    from .tabular import options_info
+
+    return options_info(options, path, regions)
 
 
 def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, EventMapping],

@@ -59,6 +59,28 @@ def trace_info(path: Path, options: ImportOptions) -> TraceInfo:
     return header.info(options)
 
 
+def options_info(options: ImportOptions, path: Path | None = None, learned_regions: tuple = ()) -> TraceInfo:
+    """Settings of an input that carries none of its own (a QEMU log, ftrace text, din, lackey).
+
+    A settings file (``--settings`` or INPUT.settings.tkt) wins over the regions
+    the input taught (QEMU memory slots); command options win over both.
+    """
+    if path is not None and settings_file(path, options) is not None:
+        return trace_info(path, options)
+    kw: dict = {"regions": learned_regions}
+    if options.line_size:
+        kw["line_size"] = options.line_size
+    if options.stage2 is not None:
+        kw["stage2"] = options.stage2
+    if options.fwb is not None:
+        kw["fwb"] = options.fwb
+    if options.regions is not None:
+        kw["regions"] = options.regions
+    if options.devices is not None:
+        kw["devices"] = options.devices
+    return TraceInfo(**kw)
+
+
 def check_columns(names: list[str], src: str) -> None:
     known = set(trace_columns())
     for n in names:

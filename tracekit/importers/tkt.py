@@ -44,7 +44,6 @@ from ..model import ATTR_ALIASES, Device, Region, TraceInfo
 from ..validate import (
     AGENT_EXPECTED,
     AGENT_RE,
-    FLOAT_RE,
     NUMBER_RE,
     SIZE_RE,
     U64_MAX,

@@ -407,7 +407,6 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
     touches; other operations without an address every line it touches.
     Retyped accesses: recorded accesses (and DC ZVA) whose ``mem_type`` differs.
     """
-    ls = info.line_size
     b, a = lazy(before), lazy(after)
     key = ["seq", "sub"]
     before_df = before if isinstance(before, pl.DataFrame) else None
