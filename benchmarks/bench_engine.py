@@ -1,0 +1,207 @@
+"""Speed and memory of the replay on `mixed` synthetic traces, each figure beside its target.
+
+    fast vs reference on the same 200k-event trace ............ >= 100x
+    one mitigation end to end, 10 M events (read, resolve,
+      replay, write findings) ................................ >= 8 M events/s
+    the whole catalog (10 mitigations) on 10 M events ......... <= 20 s wall
+    peak RSS of that one-mitigation run ....................... <= 3 GB
+    --memory-budget 1G on 100 M events ........................ <= 1.5 GB peak RSS
+    `tracekit analyze` of 1 M events under none, whole process  <= 1.5 s warm, <= 10 s cold
+
+Every measurement runs in a child process (peak RSS is that run's alone); the cold
+start uses a fresh NUMBA_CACHE_DIR (an emptied cache, without touching the shared one).
+Traces are generated with `tracekit synth` into --workdir (kept with --keep).
+
+Usage: .venv/bin/python benchmarks/bench_engine.py [--quick] [--only ref,one,catalog,budget,startup]
+       [--events 10000000] [--big-events 100000000] [--mitigation none] [--workdir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+TRACEKIT = str(Path(PY).with_name("tracekit"))
+
+
+# --------------------------------------------------------------------------
+# child tasks: each prints one JSON line {seconds, rss_mb, ...}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_ref(trace: str) -> dict:
+    """Fast and reference replay of the same resolved frame (fast timed warm, best of 3)."""
+    import polars as pl
+
+    from tracekit.engine import fast, reference
+    from tracekit.resolve import resolve
+    from tracekit.schema import read_trace_info
+
+    info = read_trace_info(trace)
+    resolved = resolve(pl.read_parquet(trace), info)
+    fast.replay(resolved, info)  # load the compiled code
+    t_fast = []
+    for _ in range(3):
+        fast.clear_cache()
+        t = time.perf_counter()
+        f = fast.replay(resolved, info)
+        t_fast.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    r = reference.replay(resolved, info)
+    t_ref = time.perf_counter() - t
+    return {"fast_s": min(t_fast), "reference_s": t_ref, "same": f.equals(r), "findings": f.height,
+            "events": resolved.height}
+
+
+def child_analyze(trace: str, mitigations: list[str], out: str) -> dict:
+    """analyze + write, as `tracekit analyze` does, timed from reading the file."""
+    from tracekit.analyze import analyze
+
+    t = time.perf_counter()
+    a = analyze(trace, mitigations)
+    a.write(out, force=True)
+    return {"seconds": time.perf_counter() - t, "findings": a.findings.height, "rss_mb": _rss_mb()}
+
+
+def child_budget(trace: str, budget: str, out: str) -> dict:
+    from tracekit.partition import parse_size, replay_partitioned
+
+    t = time.perf_counter()
+    meta = replay_partitioned(trace, out, ["none"], budget_bytes=parse_size(budget), force=True)
+    return {"seconds": time.perf_counter() - t, "rss_mb": _rss_mb(), "parts": meta["partition"]["parts"]}
+
+
+def run_child(*args: str, env: dict | None = None) -> dict:
+    p = subprocess.run([PY, __file__, "--child", *args], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
+    if p.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------
+
+
+def ensure_trace(workdir: Path, events: int, seed: int = 1) -> Path:
+    from tracekit.synth import synth
+
+    path = workdir / f"mixed-{events}-{seed}.parquet"
+    if not path.exists():
+        t = time.perf_counter()
+        synth(events, path, seed=seed, profile="mixed", quiet=False)
+        print(f"  (synth {events:,} events: {time.perf_counter() - t:.1f} s)", flush=True)
+    return path
+
+
+def timed_process(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a whole process."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True,
+                       env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd} failed:\n{p.stderr}")
+    return wall, int(p.stderr.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--quick", action="store_true", help="Small sizes (a few seconds per figure).")
+    ap.add_argument("--only", default="ref,one,catalog,budget,startup", help="Comma-separated figures to measure.")
+    ap.add_argument("--events", type=int, default=None, help="Events of the one-mitigation/catalog trace.")
+    ap.add_argument("--big-events", type=int, default=None, help="Events of the --memory-budget trace.")
+    ap.add_argument("--ref-events", type=int, default=None, help="Events of the fast-vs-reference trace.")
+    ap.add_argument("--mitigation", default="none", help="The mitigation of the one-mitigation run.")
+    ap.add_argument("--budget", default="1G", help="--memory-budget of the big run.")
+    ap.add_argument("--workdir", type=Path, default=None, help="Where traces go (default: a temporary folder).")
+    ap.add_argument("--keep", action="store_true", help="Keep the workdir.")
+    a = ap.parse_args()
+
+    if a.child:
+        task, *rest = a.child
+        if task == "ref":
+            res = child_ref(rest[0])
+        elif task == "analyze":
+            res = child_analyze(rest[0], rest[1].split(","), rest[2])
+        elif task == "budget":
+            res = child_budget(rest[0], rest[1], rest[2])
+        else:
+            raise SystemExit(f"unknown child task {task}")
+        print(json.dumps(res))
+        return
+
+    events = a.events or (1_000_000 if a.quick else 10_000_000)
+    big = a.big_events or (5_000_000 if a.quick else 100_000_000)
+    ref_events = a.ref_events or (20_000 if a.quick else 200_000)
+    only = set(a.only.split(","))
+    work = a.workdir or Path(tempfile.mkdtemp(prefix="tracekit-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def row(name: str, measured: str, target: str, ok: bool) -> None:
+        rows.append((name, measured, target, ok))
+        print(f"{name:<58} {measured:>22}   target {target:<16} {'ok' if ok else 'MISSED'}", flush=True)
+
+    try:
+        print(f"machine: {os.cpu_count()} cpus; load average {os.getloadavg()[0]:.1f}; workdir {work}", flush=True)
+        if "ref" in only:
+            r = run_child("ref", str(ensure_trace(work, ref_events)))
+            speedup = r["reference_s"] / r["fast_s"]
+            row(f"fast vs reference, {r['events']:,} events", f"{speedup:,.0f}x ({r['fast_s']:.3f} s vs "
+                f"{r['reference_s']:.1f} s)", ">= 100x", speedup >= 100 and r["same"])
+            if not r["same"]:
+                print("  !! the engines disagree on this trace", flush=True)
+        if {"one", "catalog"} & only:
+            trace = ensure_trace(work, events)
+        if "one" in only:
+            r = run_child("analyze", str(trace), a.mitigation, str(work / "one.findings.parquet"))
+            rate = events / r["seconds"]
+            row(f"'{a.mitigation}' end to end, {events:,} events", f"{rate / 1e6:.2f} M ev/s ({r['seconds']:.1f} s)",
+                ">= 8 M ev/s", rate >= 8e6)
+            row(f"peak RSS of that run", f"{r['rss_mb'] / 1024:.2f} GB", "<= 3 GB", r["rss_mb"] <= 3 * 1024)
+        if "catalog" in only:
+            from tracekit.analyze import expand_mitigations
+
+            specs = expand_mitigations(["all"])
+            r = run_child("analyze", str(trace), ",".join(specs), str(work / "all.findings.parquet"))
+            row(f"catalog ({len(specs)} mitigations), {events:,} events", f"{r['seconds']:.1f} s "
+                f"(RSS {r['rss_mb'] / 1024:.1f} GB)", "<= 20 s", r["seconds"] <= 20)
+        if "budget" in only:
+            bt = ensure_trace(work, big, seed=2)
+            r = run_child("budget", str(bt), a.budget, str(work / "big.findings.parquet"))
+            row(f"--memory-budget {a.budget}, {big:,} events ({r['parts']} parts)",
+                f"{r['rss_mb'] / 1024:.2f} GB peak ({r['seconds']:.0f} s)", "<= 1.5 GB", r["rss_mb"] <= 1.5 * 1024)
+        if "startup" in only:
+            st = ensure_trace(work, 1_000_000, seed=3)
+            cmd = [TRACEKIT, "analyze", str(st), "-q", "-o", str(work / "st.findings.parquet"), "--force"]
+            cold_cache = Path(tempfile.mkdtemp(prefix="numba-cold-"))
+            try:
+                cold, _ = timed_process(cmd, env={"NUMBA_CACHE_DIR": str(cold_cache)})
+            finally:
+                shutil.rmtree(cold_cache, ignore_errors=True)
+            timed_process(cmd)  # make sure the normal cache is warm
+            warm = min(timed_process(cmd)[0] for _ in range(3))
+            row("tracekit analyze 1 M events, warm (whole process)", f"{warm:.2f} s", "<= 1.5 s", warm <= 1.5)
+            row("tracekit analyze 1 M events, cold numba cache", f"{cold:.2f} s", "<= 10 s", cold <= 10)
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (2 cores shared with other work skew the figures)")
+    finally:
+        if not a.keep and a.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

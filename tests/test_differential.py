@@ -1,0 +1,146 @@
+"""Differential tests: the fast engine gives exactly the reference engine's findings.
+
+Rule under test: architecture.md "Both engines must return identical frames" — same
+rows, columns, types and order — for any resolved (and mitigated) trace, under both
+speculation models and every line size. Hypothesis draws random traces
+(tests/strategies.py); the example budget is split so that one CI run replays more
+than 2,000 traces, derandomized so that CI is reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from strategies import traces
+from tracekit.engine import fast, reference
+from tracekit.resolve import resolve
+
+#: Examples per test; the total over this file is > 2,000 at the default.
+SCALE = float(os.environ.get("TRACEKIT_DIFF_SCALE", "1"))
+_SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def _examples(n: int) -> int:
+    return max(1, int(n * SCALE))
+
+
+def _mitigations_available() -> bool:
+    try:
+        from tracekit.mitigations import apply_mitigation  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_same(resolved: pl.DataFrame, info, *, speculation: str, mitigation: str = "none") -> pl.DataFrame:
+    want = reference.replay(resolved, info, mitigation=mitigation, speculation=speculation)
+    got = fast.replay(resolved, info, mitigation=mitigation, speculation=speculation)
+    assert_frame_equal(got, want)
+    return want
+
+
+@settings(max_examples=_examples(900), **_SETTINGS)
+@given(trace=traces(), speculation=st.sampled_from(["architectural", "observed"]))
+def test_random_traces_give_the_reference_findings(trace, speculation):
+    events, info = trace
+    check_same(resolve(events, info), info, speculation=speculation)
+
+
+@settings(max_examples=_examples(500), **_SETTINGS)
+@given(trace=traces(max_events=120), speculation=st.sampled_from(["architectural", "observed"]))
+def test_longer_random_traces_give_the_reference_findings(trace, speculation):
+    events, info = trace
+    check_same(resolve(events, info), info, speculation=speculation)
+
+
+MITIGATIONS = [
+    "mair-trap", "guest-boot-inval", "guest-dma-cmo", "coherent-device", "host-cmo", "host-uncached",
+    "kvm-cache-toggle", "kvm-fault-clean", "s2fwb",
+    "kvm-cache-toggle+guest-boot-inval", "host-cmo+guest-dma-cmo", "mair-trap+kvm-fault-clean",
+    "guest-boot-inval+kvm-cache-toggle+s2fwb",
+]
+
+
+@pytest.mark.skipif(not _mitigations_available(), reason="tracekit.mitigations has not landed yet")
+@settings(max_examples=_examples(700), **_SETTINGS)
+@given(trace=traces(max_events=60), spec=st.sampled_from(MITIGATIONS),
+       speculation=st.sampled_from(["architectural", "observed"]))
+def test_mitigated_random_traces_give_the_reference_findings(trace, spec, speculation):
+    from tracekit.mitigations import apply_mitigation
+
+    events, info = trace
+    resolved = resolve(events, info)
+    mitigated, minfo, _cost = apply_mitigation(resolved, spec, info)
+    check_same(mitigated, minfo, speculation=speculation, mitigation=spec)
+
+
+@st.composite
+def mitigation_like(draw, resolved: pl.DataFrame) -> pl.DataFrame:
+    """What a mitigation may do to a resolved frame: retype accesses, drop the host's cacheable
+    alias, remove set/way operations, insert maintenance (whole-RAM included) around events."""
+    n = resolved.height
+    paths = resolved["path"].to_list()
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=6)):
+        if paths[i] is not None:
+            paths[i] = draw(st.sampled_from(["C", "T", "N"]))
+    hostc = resolved["host_cacheable"].to_list()
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=3)):
+        if hostc[i] is not None:
+            hostc[i] = False
+    frame = resolved.with_columns(pl.Series("path", paths, dtype=pl.String),
+                                  pl.Series("host_cacheable", hostc, dtype=pl.Boolean))
+    if draw(st.booleans()):
+        frame = frame.filter(~pl.col("cmo").is_in(["dc.isw", "dc.csw", "dc.cisw"]).fill_null(False))
+    rows = []
+    for _ in range(draw(st.integers(0, 5))):
+        anchor = frame.row(draw(st.integers(0, frame.height - 1)), named=True)
+        if anchor["sub"] != 0:
+            continue
+        op = draw(st.sampled_from(["ram.civac", "dc.civac", "dc.cvac", "dc.ivac", "ic.iallu", "ic.ivau"]))
+        acting = draw(st.sampled_from(["guest.0", "host.kvm"]))
+        row = {**{c: None for c in frame.columns}, "seq": anchor["seq"], "sub": draw(st.sampled_from([-65, -1, 1, 64])),
+               "agent": f"{acting}/mit", "side": acting.split(".")[0], "op": "cmo", "cmo": op, "src": anchor["src"],
+               "region_kind": anchor["region_kind"], "region": anchor["region"]}
+        if op not in ("ram.civac", "ic.iallu") and anchor["addr"] is not None:
+            row.update(addr=anchor["addr"], size=anchor["size"] or 1)
+        elif op not in ("ram.civac", "ic.iallu"):
+            continue
+        rows.append(row)
+    if rows:
+        extra = pl.DataFrame(rows, schema=frame.schema)
+        frame = pl.concat([frame, extra]).unique(["seq", "sub"], keep="first", maintain_order=True).sort("seq", "sub")
+    return frame
+
+
+@settings(max_examples=_examples(300), **_SETTINGS)
+@given(trace=traces(max_events=60), data=st.data(), speculation=st.sampled_from(["architectural", "observed"]))
+def test_kept_layout_serves_transformed_frames(trace, data, speculation):
+    """The fast engine keeps the recorded events' per-line order between frames of one trace;
+    a transformed frame (retyped, with inserted or removed maintenance) must still replay exactly."""
+    events, info = trace
+    resolved = resolve(events, info)
+    check_same(resolved, info, speculation=speculation)  # builds the kept layout
+    for _ in range(2):
+        check_same(data.draw(mitigation_like(resolved)), info, speculation=speculation)
+
+
+@settings(max_examples=_examples(60), **_SETTINGS)
+@given(trace=traces(max_events=60))
+def test_one_layout_serves_several_mitigations(trace):
+    """The fast engine re-uses the recorded events' per-line order across mitigated frames of one trace."""
+    events, info = trace
+    resolved = resolve(events, info)
+    frames = [resolved]
+    if _mitigations_available():
+        from tracekit.mitigations import apply_mitigation
+
+        frames += [apply_mitigation(resolved, spec, info)[0] for spec in ("host-cmo", "mair-trap", "kvm-cache-toggle")]
+    for frame in frames + frames[:1]:
+        check_same(frame, info, speculation="architectural")

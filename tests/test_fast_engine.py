@@ -1,0 +1,310 @@
+"""The fast engine: named cases for the rules it must get right, and regressions found by the
+differential tests (each states the rule and why the expected findings follow from docs/semantics.md).
+
+Cases are small .tkt scenarios through the real importer (``tracekit.testing.scenario``);
+the few that need a mitigation's inserted events (whole-RAM clean) build the resolved frame
+with ``tests/strategies.events_frame``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from strategies import events_frame
+from tracekit.engine import fast, reference
+from tracekit.model import Device, Region, TraceInfo
+from tracekit.resolve import resolve
+from tracekit.schema import FINDINGS_SCHEMA, polars_schema
+from tracekit.testing import scenario
+from vectors_util import parse_vector, vector_files
+
+COLS = ["kind", "cause", "seq", "line", "addr", "size", "other_seq", "other_agent", "fix_op", "fix_agent",
+        "fix_after_seq", "fix_before_seq"]
+
+MMU_ON = """
+@region ram 0x40000000 16M ram
+guest sysreg MAIR_EL1 0x44ff
+guest sysreg SCTLR_EL1 0x1005
+"""  # seq 0, 1: idx0 = Normal WB (path C), idx1 = Normal NC (path N)
+
+
+def run(text: str, *, speculation: str = "architectural", line_size: int | None = None) -> pl.DataFrame:
+    """Fast-engine findings of a scenario, checked identical to the reference's."""
+    tr = scenario(textwrap.dedent(text))
+    info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
+    resolved = resolve(tr.events, info)
+    got = fast.replay(resolved, info, speculation=speculation)
+    assert_frame_equal(got, reference.replay(resolved, info, speculation=speculation))
+    return got
+
+
+def rows(f: pl.DataFrame) -> list[tuple]:
+    return f.select(COLS).rows()
+
+
+# --------------------------------------------------------------------------
+# the rules, one case each
+
+
+def test_h1_dirty_line_not_cleaned_names_the_cacheable_writer():
+    """H1: a read on path N of a byte whose last write was on C, with no clean or invalidation between."""
+    f = run(MMU_ON + """
+        guest.1 sysreg MAIR_EL1 0xff
+        guest.1 sysreg SCTLR_EL1 0x1005
+        guest.1 write 0x40000010 8 idx=0
+        guest   read  0x40000010 8 idx=1
+    """)
+    line = 0x40000000
+    assert rows(f) == [("stale-read", "dirty-not-cleaned", 5, line, 0x40000010, 8, 4, "guest.1", "clean", "guest.1", 4, 5)]
+
+
+def test_h2_invalidation_before_the_write_does_not_help():
+    """H2: a C read of an N-written byte needs an invalidation *after* the write (vector v01's rule)."""
+    f = run(MMU_ON + """
+        guest cmo dc.civac 0x40000100
+        guest write 0x40000100 8 idx=1
+        guest read  0x40000100 8 idx=0
+        guest cmo dc.civac 0x40000140
+        guest write 0x40000140 8 idx=1
+        guest cmo dc.civac 0x40000140
+        guest read  0x40000140 8 idx=0
+    """)
+    assert rows(f) == [("stale-read", "stale-line-not-invalidated", 4, 0x40000100, 0x40000100, 8, 3, "guest.0",
+                        "invalidate", "guest.0", 3, 4)]
+
+
+def test_h3_lost_write_and_later_stale_reads_of_clobbered_bytes():
+    """H3: an N write while the line may be dirty is a lost write; later reads of its bytes are stale
+    (any path) with the fix window of the lost write, until the bytes are written again."""
+    f = run(MMU_ON + """
+        guest write 0x40000200 4 idx=0
+        host  write 0x40000208 8 attr=nc
+        guest read  0x40000208 8 idx=1
+        guest write 0x40000208 4 idx=1
+        guest read  0x4000020c 4 idx=1
+        guest read  0x40000208 4 idx=1
+    """)
+    line = 0x40000200
+    # the N write at 3 clobbers bytes 8..15; the N write at 5 is again a lost write (the C write at 2
+    # is still not cleaned) and re-clobbers 8..11; the read at 6 of bytes 12..15 names write 3
+    assert rows(f) == [
+        ("lost-write", "clobbered-by-writeback", 3, line, 0x40000208, 8, 2, "guest.0", "clean", "guest.0", 2, 3),
+        ("stale-read", "clobbered-by-writeback", 4, line, 0x40000208, 8, 3, "host.0", "clean", "guest.0", 2, 3),
+        ("lost-write", "clobbered-by-writeback", 5, line, 0x40000208, 4, 2, "guest.0", "clean", "guest.0", 2, 5),
+        ("stale-read", "clobbered-by-writeback", 6, line, 0x4000020c, 4, 3, "host.0", "clean", "guest.0", 2, 3),
+        ("stale-read", "clobbered-by-writeback", 7, line, 0x40000208, 4, 5, "guest.0", "clean", "guest.0", 2, 5),
+    ]
+
+
+def test_h4_set_way_discard_reports_once_and_reads_name_the_latest_discard():
+    """H4 on bare metal: DC ISW may discard; the write is a lost write once (at the first DC ISW), its bytes
+    stay discarded, and a later read names the latest discarding operation as the end of the fix window
+    (a second DC ISW re-discards). DC ISW is no clean, so the N read is H1 as well."""
+    f = run("""
+        @stage2 off
+    """ + MMU_ON + """
+        guest write 0x40000000 8 idx=0
+        guest cmo dc.isw
+        guest.1 cmo dc.isw
+        guest read 0x40000000 8 idx=1
+    """)
+    line = 0x40000000
+    assert rows(f) == [
+        ("lost-write", "discarded-by-invalidate", 2, line, line, 8, 3, "guest.0", "clean+invalidate", "guest.0", 2, 3),
+        ("stale-read", "dirty-not-cleaned", 5, line, line, 8, 2, "guest.0", "clean", "guest.0", 2, 5),
+        ("stale-read", "discarded-by-invalidate", 5, line, line, 8, 2, "guest.0", "clean+invalidate", "guest.1", 2, 4),
+    ]
+
+
+def test_set_way_under_stage2_does_nothing():
+    """A guest's DC ISW under stage 2 acts as DC CISW: no discard, no clean (vector v03's last case)."""
+    f = run(MMU_ON + """
+        guest write 0x40000000 8 idx=0
+        guest cmo dc.isw
+        guest read 0x40000000 8 idx=1
+    """)
+    assert f.select("cause").to_series().to_list() == ["dirty-not-cleaned"]
+
+
+def test_icache_needs_clean_to_pou_before_a_whole_icache_invalidation():
+    """I-cache rule with IC IALLU (a whole-cache operation on the global timeline): DC CVAU then IALLU
+    fixes a C write; IALLU then CVAU does not."""
+    f = run(MMU_ON + """
+        guest write 0x40080000 4 idx=0
+        guest cmo dc.cvau 0x40080000
+        guest cmo ic.iallu
+        guest ifetch 0x40080000 4 idx=0
+        guest write 0x40080040 4 idx=0
+        guest cmo ic.ialluis
+        guest cmo dc.cvau 0x40080040
+        guest ifetch 0x40080040 4 idx=0
+    """)
+    assert rows(f) == [("stale-ifetch", "icache-not-invalidated", 9, 0x40080040, 0x40080040, 4, 6, "guest.0",
+                        "ic-invalidate", "guest.0", 6, 9)]
+
+
+def test_access_spanning_lines_is_reported_per_line_with_its_bytes_there():
+    f = run(MMU_ON + """
+        guest write 0x4000003c 8 idx=0
+        guest read  0x4000003c 8 idx=1
+    """)
+    assert rows(f) == [
+        ("stale-read", "dirty-not-cleaned", 3, 0x40000000, 0x4000003c, 4, 2, "guest.0", "clean", "guest.0", 2, 3),
+        ("stale-read", "dirty-not-cleaned", 3, 0x40000040, 0x40000040, 4, 2, "guest.0", "clean", "guest.0", 2, 3),
+    ]
+
+
+def test_dc_zva_is_a_write_of_the_whole_line():
+    """DC ZVA on path N after a C write is an H3 lost write of the whole line (addr = line base, size = line)."""
+    f = run(MMU_ON + """
+        guest write 0x40000080 8 idx=0
+        guest cmo dc.zva 0x400000a0 idx=1
+    """)
+    assert rows(f) == [("lost-write", "clobbered-by-writeback", 3, 0x40000080, 0x40000080, 64, 2, "guest.0",
+                        "clean", "guest.0", 2, 3)]
+
+
+@pytest.mark.parametrize("line_size, lines", [(32, 2), (64, 1), (128, 1)])
+def test_line_size_decides_which_bytes_share_a_line(line_size, lines):
+    """H3 needs the C write and the N write on one line: 0x..00 and 0x..20 share a line from 64 bytes up."""
+    f = run(MMU_ON + """
+        guest write 0x40000000 8 idx=0
+        host  write 0x40000020 8 attr=nc
+    """, line_size=line_size)
+    assert f.height == (1 if lines == 1 else 0)
+
+
+def test_observed_speculation_needs_a_cacheable_access_before_the_write():
+    """--speculation observed: H2 only when a C/T data access touched the line before the N write with no
+    invalidation between; architectural: whenever the line is mapped cacheable (here the host maps RAM WB)."""
+    text = MMU_ON + """
+        guest write 0x40000000 8 idx=1
+        guest read  0x40000000 8 idx=0
+        guest cmo dc.civac 0x40000000
+        guest write 0x40000000 8 idx=1
+        guest read  0x40000000 8 idx=0
+    """
+    arch = run(text)
+    obs = run(text, speculation="observed")
+    assert arch["seq"].to_list() == [3, 6]
+    # observed: the first write had no cacheable access before it; the second came after the read at 3
+    # but an invalidation (4) lies between that read and the write, so neither is reported
+    assert obs.height == 0
+
+
+# --------------------------------------------------------------------------
+# whole-RAM clean+invalidate (inserted by mitigations): RAM lines only, on the global timeline
+
+
+def _frame(rows, inserted, info):
+    return resolve(events_frame(rows, inserted), info)
+
+
+def test_ram_civac_cleans_ram_lines_but_not_mmio_lines():
+    """ram.civac acts on lines of RAM regions only: a coherent device's C write to an MMIO window
+    stays dirty (H1 at the guest's MMU-off read), the same in RAM is cleaned."""
+    info = TraceInfo(regions=(Region.make("ram", 0x4000_0000, 1 << 20), Region.make("io", 0x0900_0000, 4096, "mmio")),
+                     devices=(Device("gpu", True),))
+    ev = [dict(agent="dev.gpu", op="write", addr=0x0900_0000, size=8),
+          dict(agent="dev.gpu", op="write", addr=0x4000_0000, size=8),
+          dict(agent="guest", op="read", addr=0x0900_0000, size=8),
+          dict(agent="guest", op="read", addr=0x4000_0000, size=8)]
+    ins = [dict(agent="host.kvm/kvm-cache-toggle", side="host", op="cmo", cmo="ram.civac", seq=1, sub=1, src="test.tkt")]
+    r = _frame(ev, ins, info)
+    got = fast.replay(r, info)
+    assert_frame_equal(got, reference.replay(r, info))
+    assert rows(got) == [("stale-read", "dirty-not-cleaned", 2, 0x0900_0000, 0x0900_0000, 8, 0, "dev.gpu", "clean",
+                          "dev.gpu", 0, 2)]
+
+
+def test_ram_civac_between_set_way_operations_ends_the_discard_window():
+    """A DC ISW after a whole-RAM clean finds nothing dirty; one before it discards (bare metal)."""
+    info = TraceInfo(stage2=False)
+    ev = [dict(agent="guest", op="sysreg", sysreg="MAIR_EL1", value=0xFF),
+          dict(agent="guest", op="sysreg", sysreg="SCTLR_EL1", value=0x1005),
+          dict(agent="guest", op="write", addr=0x1000, size=8, attr_index=0),
+          dict(agent="guest", op="cmo", cmo="dc.isw"),
+          dict(agent="guest", op="cmo", cmo="dc.isw"),
+          dict(agent="guest", op="write", addr=0x2000, size=8, attr_index=0),
+          dict(agent="guest", op="cmo", cmo="dc.isw"),
+          dict(agent="guest", op="read", addr=0x1000, size=8, attr_index=0),
+          dict(agent="guest", op="read", addr=0x2000, size=8, attr_index=0)]
+    # the whole-RAM clean lands after the first DC ISW (3) and before the second (4)
+    ins = [dict(agent="host.kvm/kvm-cache-toggle", side="host", op="cmo", cmo="ram.civac", seq=4, sub=-1, src="x")]
+    r = _frame(ev, ins, info)
+    got = fast.replay(r, info)
+    assert_frame_equal(got, reference.replay(r, info))
+    assert got.select("kind", "cause", "seq", "other_seq", "fix_before_seq").rows() == [
+        ("lost-write", "discarded-by-invalidate", 2, 3, 3),  # at the first ISW only
+        ("lost-write", "discarded-by-invalidate", 5, 6, 6),
+        ("stale-read", "discarded-by-invalidate", 7, 2, 3),  # the second ISW (after the clean) did not re-discard
+        ("stale-read", "discarded-by-invalidate", 8, 5, 6),
+    ]
+
+
+# --------------------------------------------------------------------------
+# regressions found by tests/test_differential.py and engine corner cases
+
+
+def test_regression_no_findings_is_an_empty_frame_with_the_schema():
+    """Found by hypothesis: a trace with no findings gave one row of nulls (conform of an empty frame)."""
+    f = run("""
+        guest read 0x40000000 1
+    """)
+    assert f.height == 0
+    assert dict(f.schema) == polars_schema(FINDINGS_SCHEMA)
+
+
+def test_regression_kept_layout_is_not_reused_for_another_trace_with_the_same_addresses():
+    """Found by hypothesis: the per-line layout kept between mitigations was re-used for a different trace
+    whose events had the same seq/addr/size but another operation (ifetch vs read). The checksum now
+    covers op, cmo, side and region kind."""
+    base = MMU_ON + """
+        guest write 0x40000000 4 idx=0
+        guest {op} 0x40000000 4 idx=1
+    """
+    read = run(base.format(op="read"))
+    fetch = run(base.format(op="ifetch"))
+    assert read["cause"].to_list() == ["dirty-not-cleaned"]
+    assert fetch["cause"].to_list() == ["icache-not-invalidated"]
+
+
+def test_lines_too_far_apart_to_pack_in_one_sort_key():
+    """Lines at both ends of the address space (no regions: all RAM) take the stable-sort path."""
+    f = run("""
+        guest write 0x0 8
+        guest write 0xffffffffffffffc0 8
+        host  read 0x0 8
+        host  read 0xffffffffffffffc0 8
+    """)
+    # MMU-off guest writes go to memory (N); the host reads through its WB mapping (C): H2 on both lines
+    assert f.select("seq", "line").rows() == [(2, 0), (3, 0xFFFFFFFFFFFFFFC0)]
+
+
+def test_events_out_of_order_are_replayed_in_seq_sub_order():
+    tr = scenario(textwrap.dedent(MMU_ON + """
+        guest write 0x40000000 8 idx=0
+        guest read  0x40000000 8 idx=1
+    """))
+    r = resolve(tr.events, tr.info)
+    shuffled = r.sample(fraction=1.0, shuffle=True, seed=1)
+    assert_frame_equal(fast.replay(shuffled, tr.info), fast.replay(r, tr.info))
+    assert fast.replay(r, tr.info).height == 1
+
+
+@pytest.mark.parametrize("path", vector_files(), ids=lambda p: p.name)
+def test_worked_vectors_match_the_reference_under_every_checked_mitigation(path):
+    from tracekit.mitigations import apply_mitigation
+
+    v = parse_vector(path)
+    tr = scenario(path.read_text(), name=path.name)
+    resolved = resolve(tr.events, tr.info)
+    for spec in v.check:
+        mitigated, minfo, _ = apply_mitigation(resolved, spec, tr.info)
+        for speculation in ("architectural", "observed"):
+            assert_frame_equal(fast.replay(mitigated, minfo, mitigation=spec, speculation=speculation),
+                               reference.replay(mitigated, minfo, mitigation=spec, speculation=speculation))

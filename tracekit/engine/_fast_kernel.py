@@ -1,0 +1,438 @@
+"""The fast engine's compiled scan: every line's events in order, one pass (numba).
+
+Kept apart from ``fast.py`` so that importing tracekit does not import numba;
+the machine code is cached on disk (``cache=True``), so only the first run in a
+fresh environment pays for compilation.
+
+Input rows are the per-line pieces of events (accesses, address maintenance,
+DC ZVA), sorted by (line, pos) where ``pos`` is the event's row in the resolved
+frame (its (seq, sub) rank). Whole-cache operations (ram.civac, IC IALLU(IS),
+DC ISW that may discard) are not exploded: they live on three small sorted
+position arrays that each line consults by binary search between two of its own
+events, so one such operation costs O(log n) per line that has events around
+it, never O(lines).
+
+The rules are docs/semantics.md, and mirror ``reference.py`` step for step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# row codes
+READ, WRITE, IFETCH, CMO = 0, 1, 2, 3
+# paths (3: none)
+P_C, P_T, P_N = 0, 1, 2
+# maintenance effect bits
+E_CLEAN_POC, E_CLEAN_POU, E_INVAL, E_DISCARD, E_IC = 1, 2, 4, 8, 16
+# byte spoil flags
+S_NONE, S_CLOB, S_DISC = 0, 1, 2
+# kinds and causes, numbered in their string order (findings sort by the strings)
+K_LOST, K_IFETCH, K_READ = 0, 1, 2
+X_CLOB, X_DIRTY, X_DISC, X_ICACHE, X_STALE = 0, 1, 2, 3, 4
+#: output columns: row (the finding's piece), kind, cause, other, fix_after, fix_before, fix_agent (positions)
+NCOL = 7
+
+# A piece's attributes packed in one uint64 (fewer arrays to sort, gather and merge):
+# lo (13 bits) | hi (13) | code (2) | path (2) | effect bits (5) | host-cacheable (1) | RAM (1)
+SH_HI, SH_CODE, SH_PATH, SH_EFF, SH_HOSTC, SH_RAM = 13, 26, 28, 30, 35, 36
+M13 = (1 << 13) - 1
+#: bits of path and host-cacheable: what a mitigation may change for a recorded event
+PATH_HOSTC_MASK = (3 << SH_PATH) | (1 << SH_HOSTC)
+# the same as uint64 constants, so that numba keeps the field arithmetic in unsigned integers
+U_HI, U_CODE, U_PATH, U_EFF, U_HOSTC, U_RAM = (np.uint64(x) for x in (SH_HI, SH_CODE, SH_PATH, SH_EFF, SH_HOSTC, SH_RAM))
+U3, U1, U31, U13 = np.uint64(3), np.uint64(1), np.uint64(31), np.uint64(M13)
+
+
+@njit(cache=True, inline="always")
+def field(a, shift, mask):
+    """An unsigned field of a packed attribute word, as int64."""
+    return np.int64((a >> shift) & mask)
+
+
+@njit(cache=True, inline="always")
+def pack(lo, hi, code, path, eff, hostc, ram):
+    return (np.uint64(lo) | (np.uint64(hi) << U_HI) | (np.uint64(code) << U_CODE) | (np.uint64(path) << U_PATH)
+            | (np.uint64(eff) << U_EFF) | (np.uint64(hostc) << U_HOSTC) | (np.uint64(ram) << U_RAM))
+
+
+@njit(cache=True, inline="always")
+def _last_before(a, p):
+    """Index of the last element of sorted ``a`` that is < p, or -1."""
+    lo = 0
+    hi = a.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+@njit(cache=True)
+def _grow(out, n, need):
+    """``out`` with room for ``need`` more rows after the first n."""
+    if n + need <= out.shape[0]:
+        return out
+    bigger = np.empty((max(out.shape[0] * 2, n + need), NCOL), np.int64)
+    bigger[:n] = out[:n]
+    return bigger
+
+
+@njit(cache=True, inline="always")
+def _put(out, n, row, kind, cause, other, fix_after, fix_before, fix_agent):
+    """Write finding n (the caller made room with _grow) and return n + 1."""
+    out[n, 0] = row
+    out[n, 1] = kind
+    out[n, 2] = cause
+    out[n, 3] = other
+    out[n, 4] = fix_after
+    out[n, 5] = fix_before
+    out[n, 6] = fix_agent
+    return n + 1
+
+
+@njit(cache=True)
+def _discard(out, n, q, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother):
+    """H4 at the may-discard operation at position q: report each live dirty write once, spoil its bytes."""
+    for b in range(tlo, thi):
+        w = wpos[b]
+        if w >= 0 and wpath[b] == P_C and w > dirty_end and spoil[b] != S_DISC:
+            # first discarding operation for this write on this line
+            n = _put(out, n, wrow[b], K_LOST, X_DISC, q, w, q, q)
+            for b2 in range(b, thi):
+                if wpos[b2] == w:
+                    spoil[b2] = S_DISC
+    for b in range(tlo, thi):
+        w = wpos[b]
+        if w >= 0 and wpath[b] == P_C and w > dirty_end:
+            spoil[b] = S_DISC
+            sother[b] = q  # the latest discarding operation (as the reference re-spoils)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observed):
+    """Findings of every line: an (n, NCOL) int64 array (see NCOL), in no particular order."""
+    nrows = r_line.shape[0]
+    out = np.empty((max(1024, nrows // 16), NCOL), np.int64)
+    n = 0
+    wpos = np.full(line_size, -1, np.int64)  # W(b): position of the last write
+    wrow = np.zeros(line_size, np.int64)  # ... its piece (for its bytes on the line)
+    wpath = np.zeros(line_size, np.int8)
+    spoil = np.zeros(line_size, np.int8)  # clobbered / discarded until written again
+    sother = np.zeros(line_size, np.int64)  # H3: the C write; H4: the discarding op
+    cachedw = np.zeros(line_size, np.bool_)  # the line may have been cached at W(b)
+    has_ram = g_ram.shape[0] > 0
+    has_ic = g_ic.shape[0] > 0
+    has_isw = g_isw.shape[0] > 0
+    has_global = has_ram or has_ic or has_isw
+
+    i = 0
+    while i < nrows:
+        ln = r_line[i]
+        # first pass: is the line mapped cacheable (architectural speculation)?
+        j = i
+        mapped = False
+        while j < nrows and r_line[j] == ln:
+            a = r_attr[j]
+            pj = field(a, U_PATH, U3)
+            if pj <= P_N and (pj <= P_T or field(a, U_HOSTC, U1) == 1):
+                mapped = True
+            j += 1
+        is_ram = False
+        last_clean = -1  # clean to PoC
+        last_inval = -1
+        last_cw = -1  # last write on path C
+        last_pou = -1
+        last_ic = -1
+        pou_ic = -1  # last clean to PoU before last_ic
+        last_ct = -1  # observed: last data access on C/T
+        tlo = line_size
+        thi = 0
+        k = i
+        while True:
+            p = r_pos[k] if k < j else n_events
+            if k > i and has_global:
+                # whole-cache operations strictly between the previous piece and this one
+                p1 = r_pos[k - 1]
+                r = -1
+                if is_ram and has_ram:
+                    ir = _last_before(g_ram, p)
+                    if ir >= 0 and g_ram[ir] > p1:
+                        r = g_ram[ir]
+                if has_isw and last_cw > max(last_clean, last_inval):
+                    # DC ISW before the gap's first ram.civac: the first reports and spoils,
+                    # each later one re-spoils (a read names the latest); after the clean, none acts
+                    limit = p
+                    if r >= 0:
+                        limit = g_ram[_last_before(g_ram, p1 + 1) + 1]
+                    s_i = _last_before(g_isw, p1 + 1) + 1
+                    if s_i < g_isw.shape[0] and g_isw[s_i] < limit:
+                        dirty_end = max(last_clean, last_inval)
+                        out = _grow(out, n, line_size)
+                        n = _discard(out, n, g_isw[s_i], dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
+                        last_s = g_isw[_last_before(g_isw, limit)]
+                        if last_s != g_isw[s_i]:
+                            out = _grow(out, n, line_size)
+                            n = _discard(out, n, last_s, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
+                if has_ic:
+                    ic_i = _last_before(g_ic, p)
+                    if ic_i >= 0 and g_ic[ic_i] > p1:
+                        c = g_ic[ic_i]
+                        pb = last_pou
+                        if is_ram and has_ram:
+                            ir4 = _last_before(g_ram, c)
+                            if ir4 >= 0 and g_ram[ir4] > pb:
+                                pb = g_ram[ir4]
+                        pou_ic = pb
+                        last_ic = c
+                if r >= 0:
+                    last_clean = r
+                    last_inval = r
+                    last_pou = r
+            if k == j:
+                break
+            a = r_attr[k]
+            if field(a, U_RAM, U1) == 1:
+                is_ram = True
+            if n + 4 > out.shape[0]:
+                out = _grow(out, n, 4)
+            code = field(a, U_CODE, U3)
+            lo = np.int64(a & U13)
+            hi = field(a, U_HI, U13)
+            pth = field(a, U_PATH, U3)
+            if code == READ:
+                h1 = -1
+                h2 = -1
+                h3 = -1
+                h3o = -1
+                h4 = -1
+                h4o = -1
+                dirty_end = max(last_clean, last_inval)
+                for b in range(lo, hi):
+                    w = wpos[b]
+                    if w < 0:
+                        continue
+                    sp = spoil[b]
+                    if sp == S_CLOB:
+                        if w > h3:
+                            h3 = w
+                            h3o = sother[b]
+                    elif sp == S_DISC:
+                        if w > h4:
+                            h4 = w
+                            h4o = sother[b]
+                    wp = wpath[b]
+                    if pth == P_N:
+                        if wp == P_C and w > dirty_end and w > h1:
+                            h1 = w
+                    elif pth <= P_T:
+                        if wp == P_N and cachedw[b] and w > last_inval and w > h2:
+                            h2 = w
+                if h1 >= 0:
+                    n = _put(out, n, k, K_READ, X_DIRTY, h1, h1, p, h1)
+                if h2 >= 0:
+                    n = _put(out, n, k, K_READ, X_STALE, h2, h2, p, p)
+                if h3 >= 0:
+                    n = _put(out, n, k, K_READ, X_CLOB, h3, h3o, h3, h3o)
+                if h4 >= 0:
+                    n = _put(out, n, k, K_READ, X_DISC, h4, h4, h4o, h4o)
+                if observed and pth <= P_T:
+                    last_ct = p
+            elif code == WRITE:
+                clob = False
+                if pth == P_N and last_cw > max(last_clean, last_inval):
+                    clob = True
+                    n = _put(out, n, k, K_LOST, X_CLOB, last_cw, last_cw, p, last_cw)
+                if observed:
+                    cached = last_ct > last_inval
+                else:
+                    cached = mapped
+                for b in range(lo, hi):
+                    wpos[b] = p
+                    wrow[b] = k
+                    wpath[b] = pth
+                    cachedw[b] = cached
+                    if clob:
+                        spoil[b] = S_CLOB
+                        sother[b] = last_cw
+                    else:
+                        spoil[b] = S_NONE
+                if lo < tlo:
+                    tlo = lo
+                if hi > thi:
+                    thi = hi
+                if pth == P_C:
+                    last_cw = p
+                if observed and pth <= P_T:
+                    last_ct = p
+            elif code == IFETCH:
+                ic = -1
+                for b in range(lo, hi):
+                    w = wpos[b]
+                    if w < 0:
+                        continue
+                    ok = last_ic > w and (wpath[b] != P_C or pou_ic > w)
+                    if not ok and w > ic:
+                        ic = w
+                if ic >= 0:
+                    n = _put(out, n, k, K_IFETCH, X_ICACHE, ic, ic, p, p)
+            else:
+                e = field(a, U_EFF, U31)
+                if e & E_DISCARD:
+                    out = _grow(out, n, line_size)
+                    n = _discard(out, n, p, max(last_clean, last_inval), tlo, thi, wpos, wrow, wpath, spoil, sother)
+                if e & E_INVAL:
+                    last_inval = p
+                if e & E_CLEAN_POC:
+                    last_clean = p
+                if e & E_CLEAN_POU:
+                    last_pou = p
+                if e & E_IC:
+                    last_ic = p
+                    pou_ic = last_pou
+            k += 1
+        # forget the line's bytes
+        for b in range(tlo, thi):
+            wpos[b] = -1
+            spoil[b] = S_NONE
+        i = j
+    return out[:n].copy()
+
+
+@njit(cache=True, nogil=True)
+def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
+    """Per-line pieces (line, pos, packed attributes) of events, in event order.
+
+    A maintenance by address with no size covers line_size bytes from addr (as the
+    reference); DC ZVA covers the whole line holding addr.
+    """
+    n = pos.shape[0]
+    ls = np.uint64(line_size)
+    one = np.uint64(1)
+    total = 0
+    for i in range(n):
+        s = size[i]
+        if s == 0:
+            s = ls if code[i] == CMO else one
+        if zva[i]:
+            total += 1
+        else:
+            total += np.int64((addr[i] + (s - one)) // ls - addr[i] // ls) + 1
+    o_line = np.empty(total, np.uint64)
+    o_pos = np.empty(total, np.int64)
+    o_attr = np.empty(total, np.uint64)
+    k = 0
+    for i in range(n):
+        a = addr[i]
+        s = size[i]
+        if s == 0:
+            s = ls if code[i] == CMO else one
+        first = a // ls
+        if zva[i]:
+            last = first
+            lo0 = 0
+            hi_last = line_size
+        else:
+            last = (a + (s - one)) // ls
+            lo0 = np.int64(a - first * ls)
+            hi_last = np.int64((a + (s - one)) - last * ls) + 1
+        pth = path[i] if code[i] != CMO else 3
+        ln = first
+        while True:
+            o_line[k] = ln
+            o_pos[k] = pos[i]
+            o_attr[k] = pack(lo0 if ln == first else 0, hi_last if ln == last else line_size,
+                             code[i], pth, eff[i], hostc[i], ram[i])
+            k += 1
+            if ln == last:
+                break
+            ln += one
+    return o_line, o_pos, o_attr
+
+
+@njit(cache=True, nogil=True)
+def retype(attr, pos, path_of_event, hostc_of_event):
+    """Recorded pieces under a mitigation: their path and host-cacheable bit from the mitigated frame."""
+    n = attr.shape[0]
+    out = np.empty(n, np.uint64)
+    keep = ~np.uint64(PATH_HOSTC_MASK)
+    for k in range(n):
+        a = attr[k] & keep
+        p = pos[k]
+        pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_of_event[p])
+        out[k] = a | (pth << U_PATH) | (np.uint64(hostc_of_event[p]) << U_HOSTC)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def merge(a_line, a_pos, a_attr, b_line, b_pos, b_attr):
+    """Two piece lists sorted by (line, pos) merged into one."""
+    na = a_line.shape[0]
+    nb = b_line.shape[0]
+    line = np.empty(na + nb, np.uint64)
+    pos = np.empty(na + nb, np.int64)
+    attr = np.empty(na + nb, np.uint64)
+    i = 0
+    j = 0
+    k = 0
+    while i < na or j < nb:
+        if j >= nb or (i < na and (a_line[i] < b_line[j] or (a_line[i] == b_line[j] and a_pos[i] < b_pos[j]))):
+            line[k] = a_line[i]
+            pos[k] = a_pos[i]
+            attr[k] = a_attr[i]
+            i += 1
+        else:
+            line[k] = b_line[j]
+            pos[k] = b_pos[j]
+            attr[k] = b_attr[j]
+            j += 1
+        k += 1
+    return line, pos, attr
+
+
+@njit(cache=True, nogil=True)
+def packed_order(line, lmin, bits):
+    """Keys (line - lmin) << bits | index, to be sorted (unique, so any sort gives (line, index))."""
+    n = line.shape[0]
+    key = np.empty(n, np.uint64)
+    b = np.uint64(bits)
+    for i in range(n):
+        key[i] = ((line[i] - lmin) << b) | np.uint64(i)
+    return key
+
+
+@njit(cache=True, nogil=True)
+def sorted_pieces(key, bits, lmin, pos, attr):
+    """Pieces in key order: the line comes back from the key, position and attributes are gathered."""
+    n = key.shape[0]
+    o_line = np.empty(n, np.uint64)
+    o_pos = np.empty(n, np.int64)
+    o_attr = np.empty(n, np.uint64)
+    b = np.uint64(bits)
+    mask = (np.uint64(1) << b) - np.uint64(1)
+    for k in range(n):
+        i = np.int64(key[k] & mask)
+        o_line[k] = (key[k] >> b) + lmin
+        o_pos[k] = pos[i]
+        o_attr[k] = attr[i]
+    return o_line, o_pos, o_attr
+
+
+@njit(cache=True, nogil=True)
+def recorded_checksum(seq, sub, addr, size, has_addr, kind):
+    """Count and two checksums of the recorded events with an address (see fast.pieces_of)."""
+    count = 0
+    total = np.uint64(0)
+    mixed_xor = np.uint64(0)
+    for i in range(seq.shape[0]):
+        if sub[i] == 0 and has_addr[i]:
+            m = ((seq[i] * np.uint64(0x9E3779B97F4A7C15)) ^ (addr[i] * np.uint64(0xC2B2AE3D27D4EB4F))
+                 ^ (size[i] * np.uint64(0x165667B19E3779F9)) ^ kind[i])
+            total += m
+            mixed_xor ^= (m * np.uint64(0xFF51AFD7ED558CCD)) ^ (m >> np.uint64(29))
+            count += 1
+    return count, total, mixed_xor

@@ -1,0 +1,456 @@
+"""Analyse a trace larger than memory: partition it on the cache line, replay each part.
+
+Hazards are per line, so lines can be replayed apart. What is not per line is
+small and is given to every part: the per-vCPU SCTLR_EL1/MAIR_EL1 timeline
+(``sysreg`` events, which ``resolve`` needs), the whole-cache maintenance
+(set/way, IC IALLU(IS), whole-RAM), and the trace's last event (mitigations
+anchor end-of-trace insertions after it).
+
+1. A first pass over four columns counts the events of each block of lines (a
+   line; a 4 KiB page when ``kvm-fault-clean`` is asked for, since it acts on
+   whole pages) and assigns blocks to parts so that parts come out even (hot
+   lines spread: the heaviest blocks each go to the least loaded part).
+2. A streaming pass sends every line event (access, maintenance by address,
+   DC ZVA) to the part(s) owning the blocks it touches (Arrow IPC files: cheap to
+   keep hundreds open), the global events to a small file of their own.
+3. Each part (+ the global events) is resolved, mitigated and replayed like a
+   whole trace; only findings on lines the part owns are kept, written to a
+   temporary Parquet file per part and mitigation.
+4. The output is merged by ranges of ``seq``: each part's findings are sorted by
+   seq, so a range is read from every part with predicate push-down, sorted and
+   appended, mitigation by mitigation, as ``analyze`` orders them.
+
+The findings are those of the whole trace. Costs are summed over parts minus
+(parts - 1) times the costs of the global events alone: traps and removed
+operations come out exact; inserted operations and lines and retyped accesses
+count an event that crosses parts once per part (an approximation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .errors import UsageError
+from .model import TraceInfo
+from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, write_table
+
+#: Memory one event costs while a trace (or part) is resolved, mitigated and replayed
+#: (measured: 6.5 GB peak for 10 M `mixed` events under `none`; see benchmarks/README.md).
+BYTES_PER_EVENT = 700
+#: What the process needs besides the parts (interpreter, polars, numba, the global events).
+BASE_BYTES = 350 << 20
+PAGE_SHIFT = 12  # parts own whole 4 KiB pages
+_GLOBAL_OPS = ("sysreg",)
+_LINE_CMOS = ("dc.ivac", "dc.cvac", "dc.cvap", "dc.civac", "dc.cvau", "dc.zva", "ic.ivau")
+
+
+def default_budget() -> int:
+    """A quarter of physical memory (the default of ``--memory-budget``)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError):  # pragma: no cover - not POSIX
+        return 4 << 30
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``512M``, ``2048K`` or bytes."""
+    t = text.strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in mult:
+            return int(float(t[:-1]) * mult[t[-1]])
+        return int(t)
+    except ValueError:
+        raise UsageError(f"--memory-budget: expected a size like 1G or 512M, found {text!r}") from None
+
+
+def estimated_bytes(events: int) -> int:
+    return BASE_BYTES + events * BYTES_PER_EVENT
+
+
+def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int) -> bool:
+    """Whether analysing the trace whole would need more than ``budget_bytes``."""
+    rows = pq.ParquetFile(trace_path).metadata.num_rows
+    return estimated_bytes(rows) > budget_bytes
+
+
+def part_count(events: int, budget_bytes: int) -> int:
+    """Parts needed for ``events`` (spread evenly) to fit the budget."""
+    room = budget_bytes - BASE_BYTES
+    if room < 64 * BYTES_PER_EVENT * 1024:
+        raise UsageError(f"--memory-budget: expected at least {(BASE_BYTES >> 20) + 64} MiB, "
+                         f"found {budget_bytes >> 20} MiB")
+    return max(1, math.ceil(events * BYTES_PER_EVENT / (room * 0.7)))
+
+
+_ACCESS_OPS = pa.array(["read", "write", "ifetch"])
+
+
+def _line_events(t: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of the line events of a batch, their first byte and their size (at least 1)."""
+    op = t.column("op")
+    cmo = t.column("cmo")
+    line_cmo = pc.fill_null(pc.and_(pc.equal(op, "cmo"), pc.is_in(cmo, pa.array(_LINE_CMOS))), False)
+    line_ev = pc.and_(pc.or_(pc.is_in(op, _ACCESS_OPS), line_cmo), pc.is_valid(t.column("addr")))
+    idx = np.flatnonzero(pc.fill_null(line_ev, False).to_numpy(zero_copy_only=False))
+    addr = pc.fill_null(t.column("addr"), 0).to_numpy()[idx]
+    raw_size = pc.fill_null(t.column("size"), 0).to_numpy()[idx]
+    zva = pc.fill_null(pc.equal(cmo, "dc.zva"), False).to_numpy(zero_copy_only=False)[idx]
+    # DC ZVA stays in its line; a maintenance without a size covers one line from addr (at most
+    # 4 KiB, the largest line size): give it the next block too
+    size = np.where(zva, 1, np.where(raw_size == 0, 4096, raw_size)).astype(np.uint64)
+    return idx, addr, size
+
+
+def _event_blocks(idx: np.ndarray, addr: np.ndarray, size: np.ndarray, shift: int, cap: int):
+    """(row, block) for every block a line event touches; rows touching more than ``cap`` blocks
+    are returned apart (they go to every part)."""
+    first = addr >> np.uint64(shift)
+    last = (addr + (size - np.uint64(1))) >> np.uint64(shift)
+    nb = (last - first + np.uint64(1)).astype(np.int64)
+    wide = nb > cap
+    one = nb == 1
+    rows, blocks = [idx[one]], [first[one]]
+    span = np.flatnonzero(~one & ~wide)
+    if len(span):
+        r = np.repeat(span, nb[span])
+        off = np.arange(len(r)) - np.repeat(np.cumsum(nb[span]) - nb[span], nb[span])
+        rows.append(idx[r])
+        blocks.append(first[r] + off.astype(np.uint64))
+    return np.concatenate(rows), np.concatenate(blocks), idx[wide]
+
+
+class Owners:
+    """Which part owns each block of lines (a line, or a 4 KiB page for ``kvm-fault-clean``).
+
+    Blocks are assigned from their event counts: the heaviest by longest-processing-time
+    (each to the least loaded part), the rest in a snake order, so hot lines and pages
+    spread and parts come out even.
+    """
+
+    def __init__(self, shift: int, blocks: np.ndarray, owner: np.ndarray, parts: int):
+        self.shift, self.blocks, self.owner, self.parts = shift, blocks, owner, parts
+
+    @classmethod
+    def assign(cls, shift: int, blocks: np.ndarray, counts: np.ndarray, parts: int) -> "Owners":
+        import heapq
+
+        order = np.argsort(-counts, kind="stable")
+        owner = np.empty(len(blocks), np.int64)
+        load = np.zeros(parts, np.int64)
+        heavy = order[: 20 * parts]
+        heap = [(0, p) for p in range(parts)]
+        for i in heavy:
+            w, p = heapq.heappop(heap)
+            owner[i] = p
+            heapq.heappush(heap, (w + int(counts[i]), p))
+        for w, p in heap:
+            load[p] = w
+        rest = order[20 * parts:]
+        if len(rest):
+            by_load = np.argsort(load, kind="stable")
+            k = np.arange(len(rest))
+            lap, pos = k // parts, k % parts
+            owner[rest] = by_load[np.where(lap % 2 == 0, pos, parts - 1 - pos)]
+        return cls(shift, blocks, owner, parts)
+
+    def loads(self, counts: np.ndarray) -> np.ndarray:
+        return np.bincount(self.owner, weights=counts, minlength=self.parts)
+
+    def of(self, block: np.ndarray) -> np.ndarray:
+        i = np.clip(np.searchsorted(self.blocks, block), 0, max(len(self.blocks) - 1, 0))
+        known = len(self.blocks) > 0 and (self.blocks[i] == block)
+        hashed = ((block * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)) % np.uint64(self.parts)
+        return np.where(known, self.owner[i] if len(self.blocks) else 0, hashed.astype(np.int64))
+
+
+def count_blocks(trace_path: str | os.PathLike[str], shift: int, cap: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Events per block over the whole trace (one pass over four columns), and the events that go everywhere."""
+    pf = pq.ParquetFile(trace_path)
+    acc_b: list[np.ndarray] = []
+    acc_c: list[np.ndarray] = []
+    pending = 0
+    wide = 0
+    for batch in _row_groups(pf, columns=["op", "cmo", "addr", "size"]):
+        idx, addr, size = _line_events(batch)
+        _, blocks, w = _event_blocks(idx, addr, size, shift, cap)
+        wide += len(w)
+        b, c = np.unique(blocks, return_counts=True)
+        acc_b.append(b)
+        acc_c.append(c)
+        pending += len(b)
+        if pending > 8 << 20:  # compact
+            b, inv = np.unique(np.concatenate(acc_b), return_inverse=True)
+            acc_b, acc_c = [b], [np.bincount(inv, weights=np.concatenate(acc_c)).astype(np.int64)]
+            pending = len(b)
+    if not acc_b:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64), wide
+    b, inv = np.unique(np.concatenate(acc_b), return_inverse=True)
+    return b, np.bincount(inv, weights=np.concatenate(acc_c)).astype(np.int64), wide
+
+
+def _row_groups(pf: pq.ParquetFile, columns: list[str] | None = None, rows: int = 1 << 18) -> Iterator[pa.Table]:
+    """The file in slices of at most ``rows``, read one row group at a time.
+
+    (``ParquetFile.iter_batches`` keeps allocations alive across batches: its memory grows
+    with the file; reading row groups one by one stays flat.)
+    """
+    for i in range(pf.num_row_groups):
+        t = pf.read_row_group(i, columns=columns)
+        for start in range(0, t.num_rows, rows):
+            yield t.slice(start, rows).combine_chunks()
+        del t
+        pa.default_memory_pool().release_unused()
+
+
+def _split_batch(t: pa.Table, owners: Owners) -> tuple[list[tuple[int, pa.Table]], pa.Table]:
+    """(part, rows) for the line events of a slice of the trace, and its global events."""
+    parts = owners.parts
+    idx, addr, size = _line_events(t)
+    rows, blocks, wide = _event_blocks(idx, addr, size, owners.shift, _cap(parts))
+    owner = owners.of(blocks)
+    if len(wide):  # events over very many blocks: to every part
+        rows = np.concatenate([rows, np.repeat(wide, parts)])
+        owner = np.concatenate([owner, np.tile(np.arange(parts), len(wide))])
+    width = t.num_rows + 1
+    key = np.unique(owner.astype(np.int64) * width + rows)  # one copy per (part, event), in event order
+    owner, rows = key // width, key % width
+    out = []
+    if len(rows):
+        cuts = np.flatnonzero(np.diff(owner)) + 1
+        starts = np.concatenate([[0], cuts])
+        ends = np.concatenate([cuts, [len(rows)]])
+        for s0, e0 in zip(starts, ends):
+            out.append((int(owner[s0]), t.take(pa.array(rows[s0:e0]))))
+    op = t.column("op")
+    cmo = t.column("cmo")
+    glob = pc.or_(pc.is_in(op, pa.array(_GLOBAL_OPS)),
+                  pc.and_(pc.equal(op, "cmo"), pc.invert(pc.is_in(cmo, pa.array(_LINE_CMOS)))))
+    return out, t.filter(pc.fill_null(glob, False))
+
+
+def _cap(parts: int) -> int:
+    return max(64, 4 * parts)
+
+
+def split_trace(trace_path: str | os.PathLike[str], workdir: Path, owners: Owners, *,
+                quiet: bool = True) -> dict[str, Any]:
+    """Stream the trace into line-partitioned part files and one file of global events.
+
+    The part files are Arrow IPC (LZ4): a writer holds no page buffers, so hundreds of
+    them open at once cost little memory (Parquet writers buffer every column).
+    """
+    from ._progress import progress
+
+    parts = owners.parts
+    pf = pq.ParquetFile(trace_path)
+    schema = pf.schema_arrow.remove_metadata()
+    options = pa.ipc.IpcWriteOptions(compression="lz4")
+    writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+    counts = np.zeros(parts, np.int64)
+    glob_writer = pa.ipc.new_file(workdir / "global.arrow", schema, options=options)
+    last = None
+    bar = progress(total=pf.metadata.num_rows, desc="partition", unit="ev", unit_scale=True, quiet=quiet)
+    try:
+        for batch in _row_groups(pf):
+            batch = batch.replace_schema_metadata(None)
+            per_part, glob = _split_batch(batch, owners)
+            for p, tab in per_part:
+                if p not in writers:
+                    writers[p] = pa.ipc.new_file(workdir / f"part-{p:05d}.arrow", schema, options=options)
+                writers[p].write_table(tab.cast(schema))
+                counts[p] += tab.num_rows
+            if glob.num_rows:
+                glob_writer.write_table(glob.cast(schema))
+            last = batch.slice(batch.num_rows - 1, 1)
+            bar.update(batch.num_rows)
+            del per_part, glob, batch
+            pa.default_memory_pool().release_unused()
+    finally:
+        bar.close()
+        glob_writer.close()
+        for w in writers.values():
+            w.close()
+    if last is not None:
+        with pa.ipc.new_file(workdir / "last.arrow", schema) as w:
+            w.write_table(last.cast(schema))
+    return {"parts": parts, "events_per_part": counts.tolist(), "events": pf.metadata.num_rows,
+            "block_bytes": 1 << owners.shift}
+
+
+def _read_arrow(path: Path) -> pl.DataFrame:
+    with pa.OSFile(str(path)) as src:
+        table = pa.ipc.open_file(src).read_all()
+    return pl.from_arrow(table, rechunk=False)
+
+
+def _part_frame(workdir: Path, p: int, glob: pl.DataFrame, last: pl.DataFrame) -> pl.DataFrame:
+    path = workdir / f"part-{p:05d}.arrow"
+    own = conform(_read_arrow(path), TRACE_SCHEMA) if path.exists() else glob.clear()
+    return (pl.concat([own, glob, last], how="vertical_relaxed")
+            .unique("seq", keep="first", maintain_order=False).sort("seq"))
+
+
+def _owned(findings: pl.DataFrame, p: int, owners: Owners) -> pl.DataFrame:
+    if findings.height == 0:
+        return findings
+    block = findings["line"].to_numpy() >> np.uint64(owners.shift)
+    return findings.filter(pl.Series(owners.of(block) == p))
+
+
+def _add_cost(total: dict[str, Any], c: dict[str, Any], sign: int) -> None:
+    for k, v in c.get("traps", {}).items():
+        total["traps"][k] = total["traps"].get(k, 0) + sign * v
+    for k in ("inserted_ops", "inserted_lines", "retyped_accesses", "removed_ops"):
+        total[k] = total.get(k, 0) + sign * int(c.get(k, 0))
+    for r in c.get("retyped", []):
+        key = (r["from"], r["to"])
+        total["_retyped"][key] = total["_retyped"].get(key, 0) + sign * int(r["count"])
+
+
+def replay_partitioned(
+    trace_path: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    mitigations: Sequence[str] = ("none",),
+    *,
+    budget_bytes: int | None = None,
+    engine: str = "fast",
+    speculation: str = "architectural",
+    line_size: int | None = None,
+    force: bool = False,
+    quiet: bool = True,
+    workdir: str | os.PathLike[str] | None = None,
+    parts: int | None = None,
+) -> dict[str, Any]:
+    """Analyse ``trace_path`` part by part within ``budget_bytes``; write findings-v1 to ``output``.
+
+    Returns the metadata written with the findings (as ``Analysis.meta``), plus
+    ``partition`` (parts and events per part). ``parts`` overrides the count the budget gives.
+    """
+    from . import __version__
+    from ._progress import progress
+    from .analyze import expand_mitigations
+    from .engine import get_engine
+    from .ingest import file_sha256
+    from .mitigations import MitigationCost, apply_mitigation
+    from .resolve import resolve
+    from .schema import check_output
+
+    check_output(output, force=force)
+    budget = default_budget() if budget_bytes is None else budget_bytes
+    specs = expand_mitigations(mitigations)
+    info: TraceInfo = read_trace_info(trace_path)
+    if line_size is not None:
+        info = info.replace(line_size=line_size)
+    if info.line_size > (1 << PAGE_SHIFT):
+        raise UsageError(f"--line-size: expected at most {1 << PAGE_SHIFT} with --memory-budget, found {info.line_size}")
+    rows = pq.ParquetFile(trace_path).metadata.num_rows
+    # kvm-fault-clean acts on whole 4 KiB pages at the first access to each: keep pages whole
+    page_mitigation = any("kvm-fault-clean" in s.split("+") for s in specs)
+    shift = PAGE_SHIFT if page_mitigation else info.line_size.bit_length() - 1
+    want = parts or part_count(rows, budget)
+    blocks, counts, wide = count_blocks(trace_path, shift, _cap(want))
+    limit = (budget - BASE_BYTES) * 0.8 / BYTES_PER_EVENT  # events a part may hold
+    while True:
+        owners = Owners.assign(shift, blocks, counts, want)
+        heaviest = (owners.loads(counts).max() if len(counts) else 0) + wide
+        if parts or heaviest <= limit or want >= 8 * (rows // max(limit, 1) + 1):
+            break
+        want = math.ceil(want * heaviest / limit) + 1
+    replay = get_engine(engine)
+    tmp = Path(tempfile.mkdtemp(prefix="tracekit-parts-", dir=workdir))
+    try:
+        split = split_trace(trace_path, tmp, owners, quiet=quiet)
+        parts = owners.parts
+        glob = conform(_read_arrow(tmp / "global.arrow"), TRACE_SCHEMA)
+        last = conform(_read_arrow(tmp / "last.arrow"), TRACE_SCHEMA) if (tmp / "last.arrow").exists() \
+            else glob.clear()
+        totals = {s: {"traps": {}, "_retyped": {}} for s in specs}
+        # the global events alone: their costs are counted once per part
+        g_resolved = resolve(pl.concat([glob, last]).unique("seq").sort("seq"), info)
+        for s in specs:
+            _add_cost(totals[s], apply_mitigation(g_resolved, s, info)[2].to_dict(), -(parts - 1))
+        del g_resolved
+        # findings go to buckets of seq ranges (one Arrow IPC writer per mitigation and bucket), so
+        # the output is assembled one bucket at a time, whatever the number of parts
+        top = int(pq.ParquetFile(trace_path).metadata.num_rows)
+        width = max(1 << 16, math.ceil(max(top, 1) / max(1, math.ceil(top / (1 << 20)))))
+        buckets = _Buckets(tmp, width)
+        for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
+            resolved = resolve(_part_frame(tmp, p, glob, last), info)
+            for m, s in enumerate(specs):
+                mitigated, minfo, cost = apply_mitigation(resolved, s, info)
+                _add_cost(totals[s], cost.to_dict(), +1)
+                buckets.add(m, _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation), p, owners))
+                del mitigated
+            del resolved
+        buckets.close()
+        costs = {}
+        for s, t in totals.items():
+            t["retyped"] = [{"from": a, "to": b, "count": c} for (a, b), c in sorted(t.pop("_retyped").items()) if c]
+            t["traps"] = {k: v for k, v in t["traps"].items() if v}
+            costs[s] = MitigationCost.from_dict(t).to_dict()
+        meta = {
+            "trace": str(trace_path),
+            "trace_sha256": file_sha256(Path(trace_path)),
+            "line_size": info.line_size,
+            "speculation": speculation,
+            "engine": engine,
+            "mitigations": specs,
+            "costs": costs,
+            "tracekit_version": __version__,
+        }
+        extra = {k: v for k, v in meta.items() if k != "tracekit_version"}  # write_table adds it
+        write_table(buckets.merged(len(specs)), output, schema=FINDINGS_SCHEMA, info=info, force=force,
+                    extra_metadata=extra)
+        return {**meta, "partition": split}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Buckets:
+    """Findings of all parts by (mitigation, seq range): append part by part, read back range by range."""
+
+    def __init__(self, workdir: Path, width: int):
+        self.dir, self.width = workdir, width
+        self.writers: dict[tuple[int, int], pa.ipc.RecordBatchFileWriter] = {}
+        self.options = pa.ipc.IpcWriteOptions(compression="lz4")
+
+    def _path(self, m: int, b: int) -> Path:
+        return self.dir / f"found-{m:03d}-{b:06d}.arrow"
+
+    def add(self, m: int, findings: pl.DataFrame) -> None:
+        if findings.height == 0:
+            return
+        bucket = findings["seq"].to_numpy() // np.uint64(self.width)
+        findings = findings.with_columns(_b=pl.Series(bucket.astype(np.int64)))
+        for (b,), part in findings.partition_by("_b", as_dict=True, maintain_order=True).items():
+            table = part.drop("_b").to_arrow()
+            key = (m, int(b))
+            if key not in self.writers:
+                self.writers[key] = pa.ipc.new_file(self._path(*key), table.schema, options=self.options)
+            self.writers[key].write_table(table)
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+    def merged(self, mitigations: int) -> Iterator[pl.DataFrame]:
+        """Every mitigation's findings in (seq, line, kind, cause) order, one seq range at a time."""
+        keys = sorted(self.writers)
+        for m in range(mitigations):
+            for _, b in (k for k in keys if k[0] == m):
+                df = _read_arrow(self._path(m, b)).sort("seq", "line", "kind", "cause")
+                self._path(m, b).unlink()
+                yield df
