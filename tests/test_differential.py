@@ -31,14 +31,6 @@ def _examples(n: int) -> int:
     return max(1, int(n * SCALE))
 
 
-def _mitigations_available() -> bool:
-    try:
-        from tracekit.mitigations import apply_mitigation  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def check_same(resolved: pl.DataFrame, info, *, speculation: str, mitigation: str = "none") -> pl.DataFrame:
     want = reference.replay(resolved, info, mitigation=mitigation, speculation=speculation)
     got = fast.replay(resolved, info, mitigation=mitigation, speculation=speculation)
@@ -68,7 +60,6 @@ MITIGATIONS = [
 ]
 
 
-@pytest.mark.skipif(not _mitigations_available(), reason="tracekit.mitigations has not landed yet")
 @settings(max_examples=_examples(700), **_SETTINGS)
 @given(trace=traces(max_events=60), spec=st.sampled_from(MITIGATIONS),
        speculation=st.sampled_from(["architectural", "observed"]))
@@ -137,10 +128,9 @@ def test_one_layout_serves_several_mitigations(trace):
     """The fast engine re-uses the recorded events' per-line order across mitigated frames of one trace."""
     events, info = trace
     resolved = resolve(events, info)
-    frames = [resolved]
-    if _mitigations_available():
-        from tracekit.mitigations import apply_mitigation
+    from tracekit.mitigations import apply_mitigation
 
-        frames += [apply_mitigation(resolved, spec, info)[0] for spec in ("host-cmo", "mair-trap", "kvm-cache-toggle")]
+    frames = [resolved]
+    frames += [apply_mitigation(resolved, spec, info)[0] for spec in ("host-cmo", "mair-trap", "kvm-cache-toggle")]
     for frame in frames + frames[:1]:
         check_same(frame, info, speculation="architectural")

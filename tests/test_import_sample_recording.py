@@ -15,7 +15,6 @@ from tracekit.importers.qemu_log import QemuLogImporter
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample-traces" / "qemu"
 GMAP = Path(__file__).parent / "data" / "qemu" / "sample-guest-map.txt"  # our own copy, from guest.S
-pytestmark = pytest.mark.skipif(not (SAMPLE / "combined.log").is_file(), reason="sample recording not present")
 
 
 @pytest.fixture(scope="module")
