@@ -172,7 +172,7 @@ def main() -> None:
             rate = events / r["seconds"]
             row(f"'{a.mitigation}' end to end, {events:,} events", f"{rate / 1e6:.2f} M ev/s ({r['seconds']:.1f} s)",
                 ">= 8 M ev/s", rate >= 8e6)
-            row(f"peak RSS of that run", f"{r['rss_mb'] / 1024:.2f} GB", "<= 3 GB", r["rss_mb"] <= 3 * 1024)
+            row("peak RSS of that run", f"{r['rss_mb'] / 1024:.2f} GB", "<= 3 GB", r["rss_mb"] <= 3 * 1024)
         if "catalog" in only:
             from tracekit.analyze import expand_mitigations
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import polars as pl
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal

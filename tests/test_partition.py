@@ -7,7 +7,6 @@ must give the same findings frame, in the same order, as analysing it whole; cos
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
