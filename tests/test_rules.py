@@ -289,3 +289,14 @@ def test_both_engines_state_the_same_verdicts(engine):
 guest write 0x40000000 8 idx=0
 guest read  0x40000000 8 idx=1            #! none stale-read/dirty-not-cleaned
 """, engine=engine)
+
+
+def test_maintenance_by_address_without_size_acts_on_the_line_holding_it():
+    # DC CIVAC Xt maintains the line containing Xt, even when Xt is not line-aligned
+    assert_verdicts(HEAD + """
+guest write 0x40000040 8 idx=0
+guest write 0x40000000 8 idx=0
+guest cmo   dc.civac 0x40000020           # line 0x40000000 only
+guest read  0x40000000 8 idx=1
+guest read  0x40000040 8 idx=1            #! none stale-read/dirty-not-cleaned
+""")

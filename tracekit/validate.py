@@ -208,9 +208,10 @@ def typed_fields(*, line_size: int) -> Fields:
         .otherwise(agent_t)
     )
     side = agent_t.str.extract(r"^([a-z]+)", 1)
-    # A cmo by address without a size maintains one line (scenario format).
+    # A cmo by address without a size maintains one line (scenario format): the line
+    # holding the address, as DC/IC operations by VA do (bytes from addr to the line's end).
     size_final = pl.when(is_cmo & pl.col("size").is_null() & pl.col("addr").is_not_null()).then(
-        pl.lit(line_size, dtype=pl.UInt64)
+        pl.lit(line_size, dtype=pl.UInt64) - addr % line_size
     ).otherwise(size)
 
     def num_checks(what: str, col: str, *, sized: bool = False) -> list[Check]:
@@ -393,8 +394,9 @@ def _fast_typed(df: pl.DataFrame, line_size: int, keep: tuple[str, ...]) -> pl.D
         "sysreg": sysreg_t.str.to_uppercase() if sysregs.len() else sysreg_t, "value": value, "attr": attr,
         "attr_index": idx.cast(pl.UInt8), **{c: df[c] for c in keep}})
     one_line = df.select(is_cmo & pl.col("size").is_null() & addr_nn).to_series()
-    if one_line.any():  # a cmo by address without a size maintains one line
-        out = out.with_columns(size=pl.when(one_line).then(pl.lit(line_size, dtype=pl.UInt64))
+    if one_line.any():  # a cmo by address without a size maintains the line holding the address
+        out = out.with_columns(size=pl.when(one_line).then(pl.lit(line_size, dtype=pl.UInt64)
+                                                           - pl.col("addr") % line_size)
                                .otherwise(pl.col("size")))
     return out
 

@@ -307,7 +307,7 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
 def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
     """Per-line pieces (line, pos, packed attributes) of events, in event order.
 
-    A maintenance by address with no size covers line_size bytes from addr (as the
+    A maintenance by address with no size covers the line holding addr (as the
     reference); DC ZVA covers the whole line holding addr.
     """
     n = pos.shape[0]
@@ -316,8 +316,8 @@ def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
     total = 0
     for i in range(n):
         s = size[i]
-        if s == 0:
-            s = ls if code[i] == CMO else one
+        if s == 0:  # a maintenance with no size: the line holding addr
+            s = (ls - addr[i] % ls) if code[i] == CMO else one
         if zva[i]:
             total += 1
         else:
@@ -329,8 +329,8 @@ def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
     for i in range(n):
         a = addr[i]
         s = size[i]
-        if s == 0:
-            s = ls if code[i] == CMO else one
+        if s == 0:  # a maintenance with no size: the line holding addr
+            s = (ls - addr[i] % ls) if code[i] == CMO else one
         first = a // ls
         if zva[i]:
             last = first

@@ -256,7 +256,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
                     if not ram_only or ln.is_ram:
                         rp.maintain(ev, effect, ln, n)
             else:
-                size = row["size"] or ls
+                size = row["size"] or ls - row["addr"] % ls  # no size: the line holding the address
                 for n in range(row["addr"] // ls, (row["addr"] + size - 1) // ls + 1):
                     rp.maintain(ev, effect, touch(n, row["region_kind"]), n)
     df = pl.DataFrame(rp.findings, schema=_findings_schema()) if rp.findings else pl.DataFrame(schema=_findings_schema())
