@@ -366,3 +366,27 @@ def test_ingest_every_vector_and_sample(tmp_path, path):
     r = invoke("ingest", path, "-o", out, "-q")
     assert r.exit_code == 0, r.output
     schema.validate_arrow(pq.read_table(out), "trace-v1")
+
+
+def test_an_input_without_a_memory_map_merges_with_one_that_has_it(tmp_path):
+    """A host ftrace log declares no regions; the QEMU-side input's regions apply to the merged trace."""
+    a = tmp_path / "guest.tkt"
+    a.write_text("@region ram 0x40000000 16M ram\n@device nic noncoherent\n"
+                 "t=1.0 guest write 0x40000000 8\nt=3.0 guest write 0x40000040 8\n")
+    b = tmp_path / "host.tkt"
+    b.write_text("@device gpu coherent\nt=2.0 host read 0x40000000 8\n")
+    out = tmp_path / "t.parquet"
+    r = CliRunner().invoke(app, ["ingest", str(a), str(b), "-o", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    info = read_info(out)
+    assert [x.name for x in info.regions] == ["ram"] and {d.name for d in info.devices} == {"nic", "gpu"}
+    assert pl.read_parquet(out)["agent"].to_list() == ["guest.0", "host.0", "guest.0"]
+
+
+def test_inputs_with_different_memory_maps_do_not_merge(tmp_path):
+    a = tmp_path / "a.tkt"
+    a.write_text("@region ram 0x40000000 16M ram\nt=1 guest write 0x40000000 8\n")
+    b = tmp_path / "b.tkt"
+    b.write_text("@region ram 0x40000000 32M ram\nt=2 host read 0x40000000 8\n")
+    r = CliRunner().invoke(app, ["ingest", str(a), str(b), "-o", str(tmp_path / "t.parquet")])
+    assert r.exit_code == 2 and f"{b}: expected the same settings as {a}" in r.stderr and "regions" in r.stderr

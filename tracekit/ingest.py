@@ -105,7 +105,13 @@ def _read(inp: _Input, options: ImportOptions) -> Iterator[pl.DataFrame]:
 
 
 class _Agreement:
-    """Settings of every input must be the same; the first input's are the trace's."""
+    """Settings of the inputs must agree; what one input does not declare, another may.
+
+    A host-side ftrace log declares no memory map while the QEMU log beside it
+    does: regions declared by one input apply to the merged trace, devices are
+    the union of the inputs' (same name, same coherence). Line size, stage 2 and
+    FWB must be equal.
+    """
 
     def __init__(self) -> None:
         self.first: tuple[str, TraceInfo] | None = None
@@ -114,11 +120,21 @@ class _Agreement:
         s = settings_of(info)
         if self.first is None:
             self.first = (src, s)
-        elif self.first[1] != s:
-            what = describe_settings_difference(self.first[1], s)
-            raise TraceFormatError(
-                f"{src}: expected the same settings as {self.first[0]} to merge them, found a different {what}")
-        return self.first[1]
+            return s
+        first_src, merged = self.first
+        conflict = next((n for n in ("line_size", "stage2", "fwb") if getattr(merged, n) != getattr(s, n)), None)
+        if conflict is None and merged.regions and s.regions and merged.regions != s.regions:
+            conflict = "regions"
+        devices = {d.name: d for d in merged.devices}
+        for d in s.devices:
+            if devices.setdefault(d.name, d) != d:
+                conflict = "devices"
+        if conflict is not None:
+            raise TraceFormatError(f"{src}: expected the same settings as {first_src} to merge them, "
+                                   f"found a different {conflict.replace('_', ' ')}")
+        merged = merged.replace(regions=merged.regions or s.regions, devices=tuple(devices.values()))
+        self.first = (first_src, merged)
+        return merged
 
 
 class _TimeOrder:
