@@ -26,7 +26,7 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-import numba
+from .._jit import njit
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -45,7 +45,7 @@ _SIGNED = {"int", "long", "short", "char", "signed", "int8_t", "int16_t", "int32
            "ptrdiff_t", "long long", "signed int", "signed long", "long int"}
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _walk(buf: np.ndarray, start: int):  # pragma: no cover - compiled
     """Record table: kind (0 mapping, 1 event, 2 bad type, 3 bad length), offset, id, ts, length, pid."""
     n = buf.shape[0]
@@ -137,7 +137,7 @@ def _walk(buf: np.ndarray, start: int):  # pragma: no cover - compiled
     return kind[:k], off[:k], eid[:k], ts[:k], length[:k], pid[:k], end_of_data
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _arg_offsets(buf: np.ndarray, starts: np.ndarray, is_str: np.ndarray):  # pragma: no cover - compiled
     """Offsets of each argument of each record (strings: of their length word), and total bytes."""
     m = starts.shape[0]
@@ -160,7 +160,7 @@ def _arg_offsets(buf: np.ndarray, starts: np.ndarray, is_str: np.ndarray):  # pr
     return offs, total
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _gather_strings(buf: np.ndarray, offs: np.ndarray):  # pragma: no cover - compiled
     m = offs.shape[0]
     lens = np.empty(m, np.int64)

@@ -43,7 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numba
+from .._jit import njit
 import numpy as np
 import polars as pl
 
@@ -248,7 +248,7 @@ def instruction_effects(dis: pl.DataFrame) -> pl.DataFrame:
 _KIND_CODE = {"set": 0, "lane": 1, "clobber": 2, "add": 3, "copy": 4}
 
 
-@numba.njit(cache=True)
+@njit(cache=True)
 def _regscan(vc, rc, kind, val, has, lane, src, w32, sv, sk):  # pragma: no cover - compiled
     """Replay register writes in order: sv/sk[vcpu, reg] value/known; returns value/known after each row."""
     n = vc.shape[0]
