@@ -88,17 +88,10 @@ def _load_trace(trace: Any, *, quiet: bool):
 
 
 def expand_mitigations(specs: Iterable[str]) -> list[str]:
-    """Expand `all` and validate every name; keep order, drop repeats."""
-    from .mitigations import expand, parse_spec
+    """Expand `all` and validate every name (UnknownMitigationError); keep order, drop repeats."""
+    from .mitigations import expand
 
-    out: list[str] = []
-    for spec in specs:
-        names = expand(spec) if spec == "all" else [spec]
-        for s in names:
-            parse_spec(s)  # raises UnknownMitigationError
-            if s not in out:
-                out.append(s)
-    return out or ["none"]
+    return expand(list(specs)) or ["none"]
 
 
 def analyze(
