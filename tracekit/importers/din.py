@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import polars as pl
 
-from ..model import TraceInfo
+from .tabular import options_info
 from .base import ImportOptions, ImportResult
 from ._lines import fail_first, finish, hex_u64, iter_line_batches
 
@@ -58,7 +58,7 @@ class DinImporter:
         counts: dict[str, int] = {}
         summary: dict[str, Any] = {"format": self.format, "agent": agent,
                                    "note": "no memory types, no timestamps; addresses as recorded"}
-        result = ImportResult(batches=iter(()), info=_info(options, path), summary=summary)
+        result = ImportResult(batches=iter(()), info=options_info(options, path), summary=summary)
         gmap = None
         if options.guest_map is not None:
             from .guest_map import load_guest_map
@@ -114,11 +114,6 @@ def _decode_lines(df: pl.DataFrame, src: str, agent: str, counts: dict[str, int]
         cmo.alias("cmo"),
         pl.when(pl.col("typ") == "m").then(pl.lit("din misc (read without prefetch)")).alias("detail"))
     return finish(out, src)
-
-
-def _info(options: ImportOptions, path: Path) -> TraceInfo:
-    from .ftrace_text import _info as finfo
-    return finfo(options, path)
 
 
 IMPORTER = DinImporter()

@@ -54,8 +54,8 @@ class LackeyImporter:
         counts: dict[str, int] = {}
         summary: dict[str, Any] = {"format": self.format, "agent": agent,
                                    "note": "virtual addresses of one process; no memory types, no timestamps"}
-        from .ftrace_text import _info
-        result = ImportResult(batches=iter(()), info=_info(options, path), summary=summary)
+        from .tabular import options_info
+        result = ImportResult(batches=iter(()), info=options_info(options, path), summary=summary)
 
         def batches() -> Iterator[pl.DataFrame]:
             for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from ..errors import TraceFormatError, at
 from ..model import TraceInfo
+from .tabular import options_info
 from .base import ImportOptions, ImportResult
 from ._lines import finish, hex_str
 from .qemu_log import EventState, _map_event, _host_agent, _regions, load_mapping
@@ -283,7 +284,7 @@ class QemuSimpletraceImporter:
                 out = out.with_columns(pl.col("_line").alias("src_offset"), pl.lit(None, pl.UInt64).alias("src_line"))
                 yield finish(out, src)
             regions, note = _regions(state, options)
-            result.info = _info(options, regions, path)
+            result.info = options_info(options, path, regions)
             summary.update(note)
 
         result.batches = batches()
@@ -328,11 +329,6 @@ class QemuSimpletraceImporter:
         state.bump(f"event:{name}", df.height)
         fields = {an for _, an in args}
         return _map_event(name, df, fields, mapping, state, _host_agent(), src)
-
-
-def _info(options: ImportOptions, regions, path: Path) -> TraceInfo:
-    from .qemu_log import _info as qinfo
-    return qinfo(options, regions, path)
 
 
 IMPORTER = QemuSimpletraceImporter()
