@@ -153,14 +153,11 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     _check_regions(events, access, pick, len(regions))
 
     # per-vCPU SCTLR_EL1 / MAIR_EL1, carried forward from the vCPU's own writes (0 at reset)
-    is_guest = pl.col("side") == "guest"
-    state = {}
-    for reg, name in (("SCTLR_EL1", "sctlr"), ("MAIR_EL1", "mair")):
-        setting = pl.when(is_guest & (pl.col("op") == "sysreg") & (pl.col("sysreg") == reg)).then(pl.col("value"))
-        state[name] = pl.when(is_guest).then(setting.forward_fill().over("agent").fill_null(0)).cast(pl.UInt64)
-    sysregs = events.select(**state)
-    sctlr = sysregs["sctlr"].fill_null(0).to_numpy()
-    mair = sysregs["mair"].fill_null(0).to_numpy()
+    sctlr, mair, is_guest_row = _vcpu_state(events, side, op)
+    sysregs = pl.DataFrame({
+        "sctlr": pl.Series(sctlr).set(pl.Series(~is_guest_row), None),
+        "mair": pl.Series(mair).set(pl.Series(~is_guest_row), None),
+    })
 
     # stage 1 of guest accesses: MMU off, attr=, MAIR[AttrIndx], or assumed WB
     guest = (side == _GUEST) & typed
@@ -203,6 +200,35 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     frame = finalize_types(frame)
     extra = [c for c in frame.columns if c not in RESOLVED_COLUMNS and c not in events.columns]
     return frame.select(*events.columns, *[c for c in RESOLVED_COLUMNS if c != "sub"], *extra)
+
+
+def _vcpu_state(events: pl.DataFrame, side: np.ndarray, op: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SCTLR_EL1 and MAIR_EL1 in force at every guest event, per vCPU (0 at reset).
+
+    The register writes are few: for each vCPU, a binary search of its writes
+    gives every one of its events the last value written at or before it.
+    """
+    n = len(op)
+    sctlr, mair = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+    is_guest = side == _GUEST
+    if not is_guest.any():
+        return sctlr, mair, is_guest
+    names = events["agent"].filter(pl.Series(is_guest)).unique().sort().to_list()
+    agent = events["agent"].cast(pl.Enum(names), strict=False).to_physical().to_numpy()
+    w_at = np.flatnonzero(is_guest & (op == _OP["sysreg"]))  # the vCPUs' register writes: few
+    w_reg = np.array(events["sysreg"].gather(w_at).fill_null("").to_list(), dtype=object)
+    w_value = events["value"].gather(w_at).fill_null(0).to_numpy().astype(np.uint64)
+    w_agent = agent[w_at]
+    for code in range(len(names)):
+        mine = np.flatnonzero((agent == code) & is_guest)
+        for name, out in (("SCTLR_EL1", sctlr), ("MAIR_EL1", mair)):
+            sel = (w_agent == code) & (w_reg == name)
+            at, val = w_at[sel], w_value[sel]
+            if not len(at):
+                continue
+            last = np.searchsorted(at, mine, side="right") - 1
+            out[mine] = np.where(last >= 0, val[np.maximum(last, 0)], np.uint64(0))
+    return sctlr, mair, is_guest
 
 
 def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray) -> np.ndarray:
