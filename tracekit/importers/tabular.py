@@ -81,15 +81,16 @@ def options_info(options: ImportOptions, path: Path | None = None, learned_regio
     return TraceInfo(**kw)
 
 
-def check_columns(names: list[str], src: str) -> None:
+def check_columns(names, src: str, line: int = 1, *, what: str = "column") -> None:
+    """Every name is a trace-v1 column and the required ones are there (CSV header, JSONL object)."""
     known = set(trace_columns())
     for n in names:
         if n not in known:
             raise TraceFormatError(
-                f"{src}:1: expected trace-v1 column names ({', '.join(trace_columns())}), found '{n}'")
+                f"{src}:{line}: expected trace-v1 {what} names ({', '.join(trace_columns())}), found '{n}'")
     for r in REQUIRED:
         if r not in names:
-            raise TraceFormatError(f"{src}:1: expected a column '{r}', found none")
+            raise TraceFormatError(f"{src}:{line}: expected a {what} '{r}', found none")
 
 
 class _Rows:
@@ -349,14 +350,7 @@ def _check_first_object(raw: str, src: str, line: int) -> None:
         raise TraceFormatError(f"{src}:{line}: expected a JSON object, found invalid JSON ({e.msg})") from None
     if not isinstance(obj, dict):
         raise TraceFormatError(f"{src}:{line}: expected a JSON object, found {type(obj).__name__}")
-    known = set(trace_columns())
-    for k in obj:
-        if k not in known:
-            raise TraceFormatError(
-                f"{src}:{line}: expected trace-v1 field names ({', '.join(trace_columns())}), found '{k}'")
-    for r in REQUIRED:
-        if r not in obj:
-            raise TraceFormatError(f"{src}:{line}: expected a field '{r}', found none")
+    check_columns(list(obj), src, line, what="field")
 
 
 class _LineError(TraceFormatError):

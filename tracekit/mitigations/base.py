@@ -368,12 +368,9 @@ def add_events(frame: Frame, *inserted: pl.LazyFrame) -> pl.LazyFrame:
 
 def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
     """Recompute guest types after ``s1_decl`` / ``fwb`` changed (``resolve.finalize_types``)."""
-    from ..resolve import finalize_types as fn
-    df = collect(frame)
-    params = [p for p in inspect.signature(fn).parameters.values()
-              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    out = fn(df, info) if len(params) >= 2 else fn(df)
-    return collect(out)
+    from ..resolve import finalize_types
+
+    return finalize_types(collect(frame))
 
 
 # --------------------------------------------------------------------------
