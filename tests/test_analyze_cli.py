@@ -145,3 +145,11 @@ def test_memory_budget_replays_a_big_trace_by_parts_with_the_same_findings(tmp_p
     assert r.exit_code == 0, r.output
     assert len(calls) == 1 and calls[0]["partition"]["parts"] > 1
     assert pl.read_parquet(parts).equals(pl.read_parquet(whole))
+
+
+def test_report_format_comes_from_the_suffix_or_is_asked_for(tmp_path):
+    assert run("analyze", BOOT, "--report", tmp_path / "r.json", "-q").exit_code == 0
+    assert json.loads((tmp_path / "r.json").read_text())
+    r = run("analyze", BOOT, "--report", tmp_path / "r.xyz", "-q")
+    assert r.exit_code == 2 and "r.xyz: cannot tell the report format" in r.stderr
+    assert not (tmp_path / "r.xyz").exists()

@@ -91,9 +91,11 @@ def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[
 
 
 def _format_of(path: Path) -> str:
-    suffix = path.suffix.lower().lstrip(".")
-    known = {"txt": "text", "text": "text", "md": "markdown", "markdown": "markdown", "html": "html",
-             "htm": "html", "json": "json"}
-    if suffix not in known:
-        raise fail(f"{path}: cannot tell the report format from the suffix; give --format")
-    return known[suffix]
+    """The report format whose file suffix ``path`` has (the report registry knows them)."""
+    from ..reports import REPORT_FORMATS
+
+    by_suffix = {f.suffix.lower(): name for name, f in REPORT_FORMATS.items()}
+    if path.suffix.lower() not in by_suffix:
+        raise fail(f"{path}: cannot tell the report format from the suffix; give --format "
+                   f"({', '.join(REPORT_FORMATS)})")
+    return by_suffix[path.suffix.lower()]
