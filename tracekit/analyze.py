@@ -84,7 +84,7 @@ def _load_trace(trace: Any, *, quiet: bool):
 
     if isinstance(trace, Trace):
         return trace
-    return load(trace, options=None) if not isinstance(trace, (list, tuple)) else load(list(trace))
+    return load(trace, compact=True) if not isinstance(trace, (list, tuple)) else load(list(trace), compact=True)
 
 
 def expand_mitigations(specs: Iterable[str]) -> list[str]:

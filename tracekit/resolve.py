@@ -34,11 +34,19 @@ VOCABULARY: dict[str, pl.DataType] = {
     "attr": TYPE_ENUM,
 }
 
+#: Open vocabularies (agents, register names, phases, details, sources) become
+#: Categorical in the resolved frame: few distinct values repeated millions of
+#: times, so four bytes a row instead of a string, and every copy a mitigation
+#: makes of the frame moves integers. Comparisons with strings work as usual;
+#: cast to ``pl.String`` before ``.str`` methods.
+LABELS = ("agent", "sysreg", "phase", "detail", "src")
+REGION_KIND_ENUM = pl.Enum(["ram", "mmio"])
+
 #: Columns `resolve` adds, in order (documented in docs/architecture.md).
 RESOLVED_COLUMNS: dict[str, pl.DataType] = {
     "sub": pl.Int32(),
-    "region": pl.String(),
-    "region_kind": pl.String(),
+    "region": pl.Categorical(),  # an Enum of the trace's region names in a resolved frame
+    "region_kind": REGION_KIND_ENUM,
     "shared": pl.Boolean(),
     "host_cacheable": pl.Boolean(),
     "sctlr": pl.UInt64(),
@@ -59,6 +67,11 @@ _PATH_CODES = np.array([PATHS.index(PATH_OF_TYPE[t]) for t in MEMORY_TYPES] + [_
 _OP = {o: i for i, o in enumerate(OPS)}
 _ZVA = CMO_OPS.index("dc.zva")
 _GUEST = SIDES.index("guest")
+_KERNEL_CODES = np.array(
+    [_OP["read"], _OP["write"], _OP["ifetch"], _OP["sysreg"], _GUEST, SIDES.index("host"), SIDES.index("dev"),
+     _DEV, _NC, _WT, _WB, SCTLR_M, SCTLR_C, SCTLR_I]
+    + [SOURCES.index(s) for s in ("mmu-off", "attr", "mair", "assumed-wb", "host-map", "host-attr", "device",
+                                  "device-attr")], dtype=np.int64)
 
 
 def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
@@ -68,9 +81,15 @@ def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
 
 def _enum(codes: np.ndarray, categories: tuple[str, ...], dtype: pl.DataType) -> pl.Series:
     """An Enum Series from uint8 codes (255 -> null), without going through strings."""
-    idx = pl.Series(codes.astype(np.uint32))
-    idx = pl.select(pl.when(idx != _NONE).then(idx)).to_series()
-    return pl.Series(categories, dtype=dtype).gather(idx)
+    idx = pl.Series(codes.astype(np.uint8, copy=False))
+    if (codes == _NONE).any():
+        idx = pl.select(pl.when(idx != _NONE).then(idx)).to_series()
+    return idx.cat.to(dtype)
+
+
+def region_enum(info: TraceInfo) -> pl.Enum:
+    """The dtype of the ``region`` column: an Enum of the trace's region names."""
+    return pl.Enum(sorted({r.name for r in info.effective_regions()}))
 
 
 def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame, np.ndarray]:
@@ -82,20 +101,24 @@ def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame,
     bases = np.array([r.base for r in regions], dtype=np.uint64)
     ends = np.array([min(r.end, (1 << 64) - 1) for r in regions], dtype=np.uint64)
     unbounded = np.array([r.end >= (1 << 64) for r in regions], dtype=bool)
-    addr = events["addr"].fill_null(0).to_numpy()
-    has_addr = events["addr"].is_not_null().to_numpy()
-    idx = np.searchsorted(bases, addr, side="right").astype(np.int64) - 1
-    safe = np.clip(idx, 0, len(regions) - 1)
-    inside = (idx >= 0) & ((addr < ends[safe]) | unbounded[safe]) & has_addr
-    pick = np.where(inside, safe, len(regions))  # len(regions): no region
-    gather = pl.Series(pick.astype(np.uint32))
+    pick = _kernel().region_pick(events["addr"].fill_null(0).to_numpy(), events["addr"].is_not_null().to_numpy(),
+                                 bases, ends, unbounded)
+    outside = pl.Series(pick == len(regions))
+    names = region_enum(info)
 
     def column(values: list, dtype: pl.DataType) -> pl.Series:
-        return pl.Series(values + [None], dtype=dtype).gather(gather)
+        """The region attribute of each event: a lookup by region index (null outside every region)."""
+        if isinstance(dtype, pl.Enum):
+            order = dtype.categories.to_list()
+            codes = np.array([order.index(v) for v in values] + [0], dtype=np.uint32)
+            series = pl.Series(codes[pick]).cat.to(dtype)
+        else:
+            series = pl.Series(np.array(values + [False])[pick])
+        return series.set(outside, None) if outside.any() else series
 
     frame = pl.DataFrame({
-        "region": column([r.name for r in regions], pl.String()),
-        "region_kind": column([r.kind for r in regions], pl.String()),
+        "region": column([r.name for r in regions], names),
+        "region_kind": column([r.kind for r in regions], REGION_KIND_ENUM),
         "shared": column([r.shared for r in regions], pl.Boolean()),
         "host_cacheable": column([r.host in ("wb", "wt") for r in regions], pl.Boolean()),
     })
@@ -141,7 +164,9 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
     if not (events["seq"].is_sorted() and (events["sub"] == 0).all()):
         events = events.sort("seq", "sub")
-    events = events.with_columns(*(pl.col(c).cast(t) for c, t in VOCABULARY.items() if c in events.columns))
+    events = events.with_columns(*(pl.col(c).cast(t) for c, t in VOCABULARY.items() if c in events.columns),
+                                 *(pl.col(c).cast(pl.Categorical) for c in LABELS
+                                   if c in events.columns and events.schema[c] == pl.String))
     regions = sorted(info.effective_regions(), key=lambda r: r.base)
     region_frame, pick = region_columns(events, info)
 
@@ -149,86 +174,54 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     side = _codes(events["side"], VOCABULARY["side"])
     zva = _codes(events["cmo"], VOCABULARY["cmo"]) == _ZVA
     access = (op == _OP["read"]) | (op == _OP["write"]) | (op == _OP["ifetch"])
-    typed = access | zva
     _check_regions(events, access, pick, len(regions))
 
-    # per-vCPU SCTLR_EL1 / MAIR_EL1, carried forward from the vCPU's own writes (0 at reset)
-    sctlr, mair, is_guest_row = _vcpu_state(events, side, op)
-    sysregs = pl.DataFrame({
-        "sctlr": pl.Series(sctlr).set(pl.Series(~is_guest_row), None),
-        "mair": pl.Series(mair).set(pl.Series(~is_guest_row), None),
-    })
+    # the vCPUs, numbered densely, and their SCTLR_EL1 / MAIR_EL1 writes
+    is_guest = side == _GUEST
+    agent = np.full(len(op), -1, np.int64)
+    n_agents = 0
+    if is_guest.any():
+        phys = events["agent"].to_physical().to_numpy().astype(np.int64)
+        vcpus = np.unique(phys[is_guest])
+        lut = np.full(int(vcpus[-1]) + 1, -1, np.int64)
+        lut[vcpus] = np.arange(len(vcpus))
+        agent[is_guest] = lut[phys[is_guest]]
+        n_agents = len(vcpus)
+    reg = events.select(pl.when(pl.col("sysreg") == "SCTLR_EL1").then(1).when(pl.col("sysreg") == "MAIR_EL1")
+                        .then(2).otherwise(0).cast(pl.UInt8))
+    value = events["value"]
 
-    # stage 1 of guest accesses: MMU off, attr=, MAIR[AttrIndx], or assumed WB
-    guest = (side == _GUEST) & typed
-    ifetch = op == _OP["ifetch"]
-    mmu_off = (sctlr & SCTLR_M) == 0
-    attr = _codes(events["attr"], TYPE_ENUM)
-    idx_series = events["attr_index"]
-    has_idx = idx_series.is_not_null().to_numpy()
-    idx = idx_series.fill_null(0).to_numpy().astype(np.uint64) & np.uint64(7)
-    mair_type = _MAIR_CODES[((mair >> (idx * np.uint64(8))) & np.uint64(0xFF)).astype(np.intp)]
-    mmu_off_type = np.where(ifetch, np.where((sctlr & SCTLR_I) != 0, _WT, _NC), _DEV).astype(np.uint8)
-    conds = [mmu_off, attr != _NONE, has_idx]
-    s1_decl = np.select(conds, [mmu_off_type, attr, mair_type], default=_WB).astype(np.uint8)
-    g_source = np.select(conds, [SOURCES.index("mmu-off"), SOURCES.index("attr"), SOURCES.index("mair")],
-                         default=SOURCES.index("assumed-wb"))
-
-    # host mappings and devices
     s2_of_region = np.array([TYPE_RANK[r.s2] for r in regions] + [_NONE], dtype=np.uint8)
     host_of_region = np.array([TYPE_RANK.get(r.host, _DEV) for r in regions] + [_NONE], dtype=np.uint8)
     ram_region = np.array([r.kind == "ram" for r in regions] + [False])
-    host = (side == SIDES.index("host")) & typed
-    dev = (side == SIDES.index("dev")) & typed
+    dev = (side == SIDES.index("dev")) & (access | zva)
     dev_type = _device_types(events, info, dev)
-    other_type = np.where(attr != _NONE, attr, np.where(host, host_of_region[pick], dev_type))
-    has_attr = attr != _NONE
-    other_source = np.where(host, np.where(has_attr, SOURCES.index("host-attr"), SOURCES.index("host-map")),
-                            np.where(has_attr, SOURCES.index("device-attr"), SOURCES.index("device")))
-
-    none = np.uint8(_NONE)
+    sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb = _kernel().resolve_codes(
+        op, side, _codes(events["attr"], TYPE_ENUM), events["attr_index"].is_not_null().to_numpy(),
+        events["attr_index"].fill_null(0).to_numpy().astype(np.uint8), agent, reg.to_series().to_numpy(),
+        value.fill_null(0).to_numpy().astype(np.uint64), value.is_not_null().to_numpy(), pick.astype(np.int64),
+        s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb), n_agents,
+        _MAIR_CODES, _PATH_CODES, _KERNEL_CODES)
+    not_guest = pl.Series(~is_guest)
     frame = pl.concat([events, region_frame], how="horizontal").with_columns(
-        sctlr=sysregs["sctlr"], mair=sysregs["mair"],
-        s1_decl=_enum(np.where(guest, s1_decl, none), MEMORY_TYPES, TYPE_ENUM),
-        s1_type=_enum(np.full(len(op), none), MEMORY_TYPES, TYPE_ENUM),
-        s2_type=_enum(np.where(guest, s2_of_region[pick], none), MEMORY_TYPES, TYPE_ENUM),
-        fwb=pl.Series(np.where(guest, info.fwb & ram_region[pick], False)).set(pl.Series(~guest), None),
-        mem_type=_enum(np.where(typed & ~guest, other_type, none).astype(np.uint8), MEMORY_TYPES, TYPE_ENUM),
-        type_source=_enum(np.where(guest, g_source, np.where(typed, other_source, none)).astype(np.uint8),
-                          SOURCES, SOURCE_ENUM),
+        sctlr=pl.Series(sctlr).set(not_guest, None),
+        mair=pl.Series(mair).set(not_guest, None),
+        s1_decl=_enum(s1_decl, MEMORY_TYPES, TYPE_ENUM),
+        s1_type=_enum(s1_type, MEMORY_TYPES, TYPE_ENUM),
+        s2_type=_enum(s2_type, MEMORY_TYPES, TYPE_ENUM),
+        fwb=pl.Series(fwb == 1).set(pl.Series(fwb == _NONE), None),
+        mem_type=_enum(mem, MEMORY_TYPES, TYPE_ENUM),
+        path=_enum(path, PATHS, PATH_ENUM),
+        type_source=_enum(source, SOURCES, SOURCE_ENUM),
     )
-    frame = finalize_types(frame)
     extra = [c for c in frame.columns if c not in RESOLVED_COLUMNS and c not in events.columns]
     return frame.select(*events.columns, *[c for c in RESOLVED_COLUMNS if c != "sub"], *extra)
 
 
-def _vcpu_state(events: pl.DataFrame, side: np.ndarray, op: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """SCTLR_EL1 and MAIR_EL1 in force at every guest event, per vCPU (0 at reset).
+def _kernel():
+    from . import _resolve_kernel
 
-    The register writes are few: for each vCPU, a binary search of its writes
-    gives every one of its events the last value written at or before it.
-    """
-    n = len(op)
-    sctlr, mair = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
-    is_guest = side == _GUEST
-    if not is_guest.any():
-        return sctlr, mair, is_guest
-    names = events["agent"].filter(pl.Series(is_guest)).unique().sort().to_list()
-    agent = events["agent"].cast(pl.Enum(names), strict=False).to_physical().to_numpy()
-    w_at = np.flatnonzero(is_guest & (op == _OP["sysreg"]))  # the vCPUs' register writes: few
-    w_reg = np.array(events["sysreg"].gather(w_at).fill_null("").to_list(), dtype=object)
-    w_value = events["value"].gather(w_at).fill_null(0).to_numpy().astype(np.uint64)
-    w_agent = agent[w_at]
-    for code in range(len(names)):
-        mine = np.flatnonzero((agent == code) & is_guest)
-        for name, out in (("SCTLR_EL1", sctlr), ("MAIR_EL1", mair)):
-            sel = (w_agent == code) & (w_reg == name)
-            at, val = w_at[sel], w_value[sel]
-            if not len(at):
-                continue
-            last = np.searchsorted(at, mine, side="right") - 1
-            out[mine] = np.where(last >= 0, val[np.maximum(last, 0)], np.uint64(0))
-    return sctlr, mair, is_guest
+    return _resolve_kernel
 
 
 def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray) -> np.ndarray:
@@ -237,7 +230,7 @@ def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray) -> np.
     if not dev.any():
         return out
     coherent = {d.name: d.coherent for d in info.devices}
-    names = events["agent"].filter(pl.Series(dev)).str.split(".").list.get(1, null_on_oob=True)
+    names = events["agent"].filter(pl.Series(dev)).cast(pl.String).str.split(".").list.get(1, null_on_oob=True)
     undeclared = names.is_null() | ~names.is_in(list(coherent))
     if undeclared.any():
         row = events.filter(pl.Series(dev)).filter(undeclared).row(0, named=True)

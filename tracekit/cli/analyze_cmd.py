@@ -59,7 +59,7 @@ def analyze(
         output = None  # written part by part
     else:
         trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
-                     concat=concat)
+                     concat=concat, compact=True)
         result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
                      keep_transformed=emit_trace is not None)
     if output is not None:

@@ -122,7 +122,7 @@ class MitigationContext:
     def agent(self, acting: pl.Expr | str) -> pl.Expr:
         """``ACTING_AGENT/MITIGATION``, the agent of the events this mitigation inserts."""
         acting = acting if isinstance(acting, pl.Expr) else pl.lit(acting)
-        return acting + pl.lit("/" + self.name)
+        return acting.cast(pl.String) + pl.lit("/" + self.name)
 
 
 ApplyFn = Callable[[Frame, MitigationContext], Frame]
@@ -339,7 +339,7 @@ def inserted_events(anchors: Frame, ctx: MitigationContext, schema: Mapping[str,
         "seq": pl.col("seq"),
         "sub": ctx.sub(pl.col("j"), before=pl.col("before")),
         "agent": ctx.agent(pl.col("acting")),
-        "side": pl.col("acting").str.split(".").list.first(),
+        "side": pl.col("acting").cast(pl.String).str.split(".").list.first(),
         "op": pl.lit("cmo"),
         "addr": pl.col("addr"),
         "size": pl.col("size"),
@@ -360,10 +360,25 @@ def inserted_events(anchors: Frame, ctx: MitigationContext, schema: Mapping[str,
     return a.select(exprs)
 
 
-def add_events(frame: Frame, *inserted: pl.LazyFrame) -> pl.LazyFrame:
-    """The frame with inserted events added, sorted by (seq, sub) (stable: ties keep insertion order)."""
-    parts = [lazy(frame), *inserted]
-    return pl.concat(parts, how="vertical").sort("seq", "sub", maintain_order=True)
+def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:
+    """The frame with inserted events added, sorted by (seq, sub) (stable: ties keep insertion order).
+
+    The frame is already in (seq, sub) order and the inserted events are few, so
+    they are sorted alone and merged in (one linear pass) instead of sorting the
+    whole trace again.
+    """
+    base = collect(frame)
+    ins = [collect(i) for i in inserted]
+    ins = [i for i in ins if i.height]
+    if not ins:
+        return base.lazy()
+    new = pl.concat(ins, how="vertical").sort("seq", "sub", maintain_order=True)
+    top = max(int(base["seq"].max() or 0), int(new["seq"].max() or 0))
+    if base.height and top < (1 << 32) and _ordered(base):
+        key = pl.col("seq").cast(pl.UInt64) * (1 << 32) + (pl.col("sub").cast(pl.Int64) + (1 << 31)).cast(pl.UInt64)
+        merged = base.with_columns(_k=key).merge_sorted(new.with_columns(_k=key), "_k")  # ties: base first
+        return merged.drop("_k").lazy()
+    return pl.concat([base, new], how="vertical").sort("seq", "sub", maintain_order=True).lazy()
 
 
 def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
@@ -411,8 +426,8 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
     if before_df is not None and after_df is not None and not (before_df["sub"] != 0).any():
         # the usual case, `before` is the recorded trace: what `after` inserted is what has sub != 0,
         # and the recorded rows it kept are still in seq order (no join over the whole trace)
-        ins = after_df.filter(pl.col("sub") != 0).select("op", "cmo", "addr", "size")
-        kept = after_df.filter(pl.col("sub") == 0)
+        ins = after_df.select("sub", "op", "cmo", "addr", "size").filter(pl.col("sub") != 0).drop("sub")
+        kept = after_df.select("seq", "sub", "op", "cmo", "mem_type").filter(pl.col("sub") == 0)
         removed = before_df.height - kept.height
         typed = is_typed_access()
         if removed == 0:

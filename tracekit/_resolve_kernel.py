@@ -1,0 +1,132 @@
+"""The per-event part of `resolve` as one compiled pass (numba, cached on disk).
+
+Each event's type depends on its vCPU's SCTLR_EL1/MAIR_EL1 *at that point of the
+trace*, which is a running state: a loop over the events in order, carrying one
+pair of registers per vCPU, is the natural (and fastest) form. Everything else
+(stage 1 from MMU state, ``attr=`` or the MAIR byte, stage 2 from the region,
+FWB, host and device types, the path) is a few table lookups per event, done in
+the same pass so the arrays are read once. ``resolve.py`` prepares the integer
+codes and turns the outputs into polars Enums; the rules themselves are
+documented there and in docs/semantics.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+NONE = 255
+
+
+@njit(cache=True, nogil=True)
+def resolve_codes(op, side, attr, has_idx, attr_index, agent, reg, value, has_value, pick,
+                  s2_of_region, host_of_region, ram_region, dev_type, zva, fwb_trace, n_agents,
+                  mair_codes, path_codes, c):
+    """Return sctlr, mair, s1_decl, s1_type, s2_type, mem_type, path, type_source, fwb (255: null).
+
+    ``c`` holds the vocabulary codes: [READ, WRITE, IFETCH, SYSREG, GUEST, HOST, DEV, DEV_T, NC, WT, WB,
+    SCTLR_M, SCTLR_C, SCTLR_I, SRC_MMU_OFF, SRC_ATTR, SRC_MAIR, SRC_ASSUMED, SRC_HOST_MAP, SRC_HOST_ATTR,
+    SRC_DEVICE, SRC_DEVICE_ATTR]. ``agent`` is the vCPU's number for guest events (-1 elsewhere);
+    ``reg`` is 1 for an SCTLR_EL1 write, 2 for a MAIR_EL1 write, 0 otherwise.
+    """
+    n = op.shape[0]
+    READ, WRITE, IFETCH, SYSREG, GUEST, HOST = c[0], c[1], c[2], c[3], c[4], c[5]
+    DEV_T, NC, WT, WB = c[7], c[8], c[9], c[10]
+    M, C, I = np.uint64(c[11]), np.uint64(c[12]), np.uint64(c[13])
+    sctlr = np.zeros(n, np.uint64)
+    mair = np.zeros(n, np.uint64)
+    s1_decl = np.full(n, NONE, np.uint8)
+    s1_type = np.full(n, NONE, np.uint8)
+    s2_type = np.full(n, NONE, np.uint8)
+    mem = np.full(n, NONE, np.uint8)
+    path = np.full(n, NONE, np.uint8)
+    source = np.full(n, NONE, np.uint8)
+    fwb = np.full(n, NONE, np.uint8)
+    cur_sctlr = np.zeros(max(n_agents, 1), np.uint64)
+    cur_mair = np.zeros(max(n_agents, 1), np.uint64)
+    n_types = path_codes.shape[0] - 1
+    for i in range(n):
+        o = op[i]
+        s = side[i]
+        if s == GUEST:
+            a = agent[i]
+            if o == SYSREG and reg[i] != 0:
+                v = value[i] if has_value[i] else np.uint64(0)
+                if reg[i] == 1:
+                    cur_sctlr[a] = v
+                else:
+                    cur_mair[a] = v
+            sctlr[i] = cur_sctlr[a]
+            mair[i] = cur_mair[a]
+        access = o == READ or o == WRITE or o == IFETCH
+        if not (access or zva[i]):
+            continue
+        r = pick[i]
+        at = attr[i]
+        if s == GUEST:
+            sc = sctlr[i]
+            ifetch = o == IFETCH
+            if (sc & M) == 0:
+                if ifetch:
+                    decl = WT if (sc & I) != 0 else NC
+                else:
+                    decl = DEV_T
+                src = c[14]
+            elif at != NONE:
+                decl = at
+                src = c[15]
+            elif has_idx[i]:
+                byte = (mair[i] >> (np.uint64(attr_index[i] & 7) * np.uint64(8))) & np.uint64(0xFF)
+                decl = mair_codes[byte]
+                src = c[16]
+            else:
+                decl = WB
+                src = c[17]
+            cache_off = ((sc & I) == 0) if ifetch else ((sc & C) == 0)
+            s1 = NC if ((sc & M) != 0 and cache_off and decl >= NC) else decl
+            s2 = s2_of_region[r]
+            f = fwb_trace and ram_region[r]
+            m = WB if f else min(s1, s2)
+            s1_decl[i] = decl
+            s1_type[i] = s1
+            s2_type[i] = s2
+            fwb[i] = 1 if f else 0
+            source[i] = src
+        else:
+            if s == HOST:
+                m = at if at != NONE else host_of_region[r]
+                source[i] = c[19] if at != NONE else c[18]
+            else:
+                m = at if at != NONE else dev_type[i]
+                source[i] = c[21] if at != NONE else c[20]
+        mem[i] = m
+        path[i] = path_codes[min(m, n_types)]
+    return sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb
+
+
+@njit(cache=True, nogil=True)
+def region_pick(addr, has_addr, bases, ends, unbounded):
+    """Index of the region holding each address (``len(bases)`` for none): bases sorted, regions disjoint."""
+    n = addr.shape[0]
+    k = bases.shape[0]
+    out = np.full(n, k, np.int64)
+    last = 0  # consecutive events mostly hit the same region: try it first
+    for i in range(n):
+        if not has_addr[i]:
+            continue
+        a = addr[i]
+        if k and bases[last] <= a and (a < ends[last] or unbounded[last]):
+            out[i] = last
+            continue
+        lo, hi = 0, k
+        while lo < hi:  # first base > a
+            mid = (lo + hi) >> 1
+            if bases[mid] <= a:
+                lo = mid + 1
+            else:
+                hi = mid
+        j = lo - 1
+        if j >= 0 and (a < ends[j] or unbounded[j]):
+            out[i] = j
+            last = j
+    return out
