@@ -233,6 +233,9 @@ class IngestSummary:
     by_agent: dict[str, int] = field(default_factory=dict)
     time_span: tuple[float, float] | None = None
     order: str = "file"
+    #: per input: where its guest accesses' stage-1 types came from (guest map, page-table walk)
+    guest_types: list[tuple[str, dict[str, int]]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         out = [f"{self.output}: {self.events} events" if self.output else f"{self.events} events"]
@@ -255,6 +258,16 @@ class IngestSummary:
         else:
             out.append("  time:     no timestamps")
         out.append(f"  order:    {self.order}")
+        for src, c in self.guest_types:
+            parts = [f"accesses {c.get('guest_accesses', 0)}", f"input {c.get('typed_by_input', 0)}"]
+            if "typed_by_guest_map_attr" in c or "typed_by_guest_map_idx" in c:
+                parts.append(f"guest map {c.get('typed_by_guest_map_attr', 0) + c.get('typed_by_guest_map_idx', 0)}")
+            if "typed_by_page_tables" in c:
+                parts.append(f"page tables {c['typed_by_page_tables']} (ambiguous {c.get('page_tables_ambiguous', 0)}, "
+                             f"{c.get('page_tables', 0)} tables)")
+            parts.append(f"untyped {c.get('untyped', 0)}")
+            out.append(f"  guest types {src}: " + ", ".join(parts))
+        out.extend(f"  page tables: {n}" for n in self.notes)
         return "\n".join(out) + "\n"
 
 
@@ -295,11 +308,13 @@ def _input_files(ins: list[_Input], hashes: list[Future] | None = None) -> tuple
 
 def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: str | None = None,
            force: bool = False, quiet: bool = False, concat: bool = False,
-           options: ImportOptions | None = None) -> IngestSummary:
+           options: ImportOptions | None = None, page_walk: bool = True) -> IngestSummary:
     """Import ``inputs`` and write them as one trace-v1 Parquet file ``output``, atomically.
 
     Several inputs merge by time (stable: input order, then file order) unless
-    ``concat``. Raises TracekitError for bad input; nothing is written then.
+    ``concat``. ``page_walk``: type untyped MMU-on guest accesses of recorded inputs
+    from the guest's recorded page tables (``importers.page_tables``). Raises
+    TracekitError for bad input; nothing is written then.
     """
     paths = _paths(inputs)
     out = schema.check_output(output, force=force)
@@ -332,7 +347,8 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
             source = _stream_upfront(ins)  # starts reading now, while the inputs are hashed
         else:
             spill_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.spill.", dir=parent))
-            readers = list(_spill_all(ins, options, concat=concat, agree=agree, spill_dir=spill_dir))
+            readers = list(_spill_all(ins, options, concat=concat, agree=agree, spill_dir=spill_dir,
+                                      page_walk=page_walk))
             source = (df for r in readers for df in r())
         info = (agree.first[1] if agree.first else TraceInfo()).replace(inputs=_input_files(ins, hashes))
 
@@ -355,7 +371,8 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
     span = (tally.tmin, tally.tmax) if tally.tmin is not None else None
-    return IngestSummary(out, tally.n, info, dict(tally.op), dict(tally.agent), span, order)
+    types, notes = _guest_types(ins)
+    return IngestSummary(out, tally.n, info, dict(tally.op), dict(tally.agent), span, order, types, notes)
 
 
 def _stream_upfront(ins: list[_Input]) -> Iterator[pl.DataFrame]:
@@ -425,7 +442,7 @@ class _Prefetch:
 
 
 def _spill_all(ins: list[_Input], options: ImportOptions, *, concat: bool, agree: _Agreement,
-               spill_dir: Path):
+               spill_dir: Path, page_walk: bool = False):
     """Spill every input; yields, per input (or one for the merge), a function giving its batches."""
     merge = len(ins) > 1 and not concat
     files = []
@@ -447,6 +464,8 @@ def _spill_all(ins: list[_Input], options: ImportOptions, *, concat: bool, agree
                 writer.close()
         agree.add(inp.src, inp.result.info)
         if writer is not None:
+            if page_walk and inp.format in PAGE_WALK_FORMATS:
+                _walk_spilled(f, inp)
             files.append(f)
     if merge:
         yield lambda: _merge_spilled(files)
@@ -455,8 +474,90 @@ def _spill_all(ins: list[_Input], options: ImportOptions, *, concat: bool, agree
             yield (lambda f=f: (pl.from_arrow(b) for b in pq.ParquetFile(f).iter_batches(batch_size=MERGE_BATCH)))
 
 
+# --------------------------------------------------------------------------
+# Guest page-table walk (issue 7 item 4): after the importer (and its --guest-map),
+# per input: a guest's page tables, TTBR/TCR/SCTLR writes and accesses are all in the
+# guest-side input, in their recorded order; a host-side log merged with it holds no
+# guest register values. Only recorded formats, and only when the input turns a
+# vCPU's MMU on with a TTBR value recorded (a scan of two columns otherwise).
+
+#: Formats whose recordings can hold the guest's TTBR/TCR values and page-table stores.
+PAGE_WALK_FORMATS = frozenset({"qemu-log", "qemu-plugin", "qemu-simpletrace", "ftrace-text"})
+
+
+def _walk_counts(inp: _Input) -> tuple[dict[str, int], bool]:
+    """The counts to continue: the importer's guest-map tally if it made one (then the walk
+    only adds), else a fresh one (the walk counts the accesses itself)."""
+    gm = inp.result.summary.get("guest_map") if inp.result is not None else None
+    return (dict(gm), False) if gm else ({}, True)
+
+
+def _walk_done(inp: _Input, typing: Any, counts: dict[str, int]) -> None:
+    from .importers.page_tables import record_walk
+
+    notes: list[str] = []
+    record_walk(typing, counts, notes)
+    inp.result.summary["page_tables"] = counts
+    if notes:
+        inp.result.summary["page_table_notes"] = notes
+
+
+def _walk_spilled(f: Path, inp: _Input) -> None:
+    """Type the spilled input ``f`` from its page tables; rewrite it batch by batch."""
+    from .importers.page_tables import build_typing
+
+    typing = build_typing(pl.scan_parquet(f))
+    if typing is None:
+        return
+    counts, base = _walk_counts(inp)
+    tmp = f.with_name(f.stem + ".walked.parquet")
+    writer = None
+    offset = 0
+    try:
+        for b in pq.ParquetFile(f).iter_batches(batch_size=MERGE_BATCH):
+            df = pl.from_arrow(b)
+            assert isinstance(df, pl.DataFrame)
+            df = typing.apply(df, counts, offset=offset, base_counts=base)
+            offset += df.height
+            table = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="lz4")
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    os.replace(tmp, f)
+    _walk_done(inp, typing, counts)
+
+
+def _walk_frame(df: pl.DataFrame, inp: _Input) -> pl.DataFrame:
+    """``_walk_spilled`` for an input held in memory."""
+    from .importers.page_tables import build_typing
+
+    typing = build_typing(df)
+    if typing is None:
+        return df
+    counts, base = _walk_counts(inp)
+    df = typing.apply(df, counts, base_counts=base)
+    _walk_done(inp, typing, counts)
+    return df
+
+
+def _guest_types(ins: list[_Input]) -> tuple[list[tuple[str, dict[str, int]]], list[str]]:
+    """Per input, the typing tally (after the walk when it ran, else the guest map's) and notes."""
+    types, notes = [], []
+    for inp in ins:
+        summ = inp.result.summary if inp.result is not None else {}
+        c = summ.get("page_tables") or summ.get("guest_map")
+        if c:
+            types.append((inp.src, c))
+        notes.extend(f"{inp.src}: {n}" if not n.startswith(inp.src) else n for n in summ.get("page_table_notes", []))
+    return types, notes
+
+
+
 def ingest_frame(inputs: PathLike | Sequence[PathLike], *, format: str | None = None, concat: bool = False,
-                 options: ImportOptions | None = None) -> tuple[pl.DataFrame, TraceInfo]:
+                 options: ImportOptions | None = None, page_walk: bool = True) -> tuple[pl.DataFrame, TraceInfo]:
     """The events and settings of ``inputs``, in memory (what ``ingest`` would write)."""
     paths = _paths(inputs)
     options = options or ImportOptions()
@@ -474,6 +575,8 @@ def ingest_frame(inputs: PathLike | Sequence[PathLike], *, format: str | None = 
             parts.append(df)
         agree.add(inp.src, inp.result.info)
         df = pl.concat(parts, how="vertical_relaxed") if parts else _conform(pl.DataFrame())
+        if page_walk and inp.format in PAGE_WALK_FORMATS:
+            df = _walk_frame(df, inp)
         frames.append(df.with_columns(_input=pl.lit(inp.index, dtype=pl.UInt32),
                                       _row=pl.int_range(0, df.height, dtype=pl.UInt64)))
     events = pl.concat(frames, how="vertical_relaxed")

@@ -39,6 +39,9 @@ def ingest(
     mapping: Optional[Path] = typer.Option(None, "--mapping", help="TOML mapping of QEMU events to trace events."),
     guest_map: Optional[Path] = typer.Option(None, "--guest-map", help="GPA ranges -> stage-1 type (QEMU inputs)."),
     strict: bool = typer.Option(False, "--strict", help="Lines of no known shape are errors (log inputs)."),
+    page_walk: bool = typer.Option(True, "--page-walk/--no-page-walk", help="Type untyped MMU-on guest accesses "
+                                   "from the guest's recorded page tables (TTBR/TCR writes and table stores "
+                                   "with values, QEMU inputs); after --guest-map."),
     agent: Optional[str] = typer.Option(None, "--agent", help="The agent of inputs that name none (din, "
                                         "lackey): guest[.N], host[.X] or dev.NAME[.X]; default guest.0."),
 ) -> None:
@@ -59,7 +62,8 @@ def ingest(
     options = ImportOptions(line_size=line_size, stage2=stage2, fwb=fwb, settings=settings,
                             trace_events=trace_events, mapping=mapping, guest_map=guest_map, strict=strict,
                             quiet=quiet, agent=agent)
-    summary = run(inputs, output, format=format, force=force, quiet=quiet, concat=concat, options=options)
+    summary = run(inputs, output, format=format, force=force, quiet=quiet, concat=concat, options=options,
+                  page_walk=page_walk)
     typer.echo(summary.text(), nl=False)
 
 
