@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,19 +22,36 @@ from .errors import UsageError
 from .findings import CAUSE_TITLES, explain
 from .model import TraceInfo
 from .resolve import resolve
-from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_metadata, write_table
+from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, polars_schema, read_metadata, write_table
 
 
-@dataclass
 class Analysis:
-    """Findings of one trace under one or more mitigations, with costs and provenance."""
+    """Findings of one trace under one or more mitigations, with costs and provenance.
 
-    findings: pl.DataFrame
-    costs: dict[str, Any]  # spec -> MitigationCost
-    meta: dict[str, Any]
-    info: TraceInfo
-    events: pl.DataFrame | None = None  # the resolved trace (None when loaded from a findings file)
-    transformed: dict[str, pl.DataFrame] = field(default_factory=dict)
+    ``findings`` is findings-v1 with string columns, as a notebook expects. In bulk
+    (the whole catalog on a big trace gives tens of millions of findings) the rows
+    are kept in ``compact_findings``, whose string columns are Enum/Categorical
+    (``schema.polars_schema(..., compact=True)``), at a third of the memory; the
+    string form is made on first use of ``findings``. Counting, comparing, gating
+    and writing work on the compact form.
+    """
+
+    def __init__(self, findings: pl.DataFrame, costs: dict[str, Any], meta: dict[str, Any], info: TraceInfo,
+                 events: pl.DataFrame | None = None, transformed: dict[str, pl.DataFrame] | None = None):
+        self.compact_findings = conform(findings, FINDINGS_SCHEMA, compact=True)
+        self.costs = costs  # spec -> MitigationCost
+        self.meta = meta
+        self.info = info
+        self.events = events  # the resolved trace (None when loaded from a findings file)
+        self.transformed = transformed if transformed is not None else {}
+        self._strings: pl.DataFrame | None = None
+
+    @property
+    def findings(self) -> pl.DataFrame:
+        """The findings (findings-v1, string columns)."""
+        if self._strings is None:
+            self._strings = conform(self.compact_findings, FINDINGS_SCHEMA)
+        return self._strings
 
     @property
     def mitigations(self) -> list[str]:
@@ -55,12 +71,12 @@ class Analysis:
         """The matrix, and per mitigation the findings of ``baseline`` it fixes and those it introduces."""
         from .mitigations.compare import compare
 
-        return compare(self.findings, self.mitigations, baseline=baseline)
+        return compare(self.compact_findings, self.mitigations, baseline=baseline)
 
     def write(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the findings as one Parquet file (findings-v1) with the run's metadata."""
         meta = {k: v for k, v in self.meta.items() if k not in _INFO_KEYS}
-        return write_table(self.findings, path, schema=FINDINGS_SCHEMA, info=self.info, force=force,
+        return write_table(self.compact_findings, path, schema=FINDINGS_SCHEMA, info=self.info, force=force,
                            extra_metadata=meta)
 
     def summary(self, first: int = 3) -> str:
@@ -136,11 +152,11 @@ def analyze(
     frames, costs, transformed = [], {}, {}
     for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
         mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
-        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation))
+        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True))
         costs[spec] = cost
         if keep_transformed:
             transformed[spec] = mitigated
-    findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA)
+    findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
     meta = {
         "trace": tr.source,
         "trace_sha256": tr.sha256,
@@ -165,7 +181,8 @@ def load_analysis(path: str | os.PathLike[str]) -> Analysis:
     from .mitigations import MitigationCost
 
     meta = read_metadata(path)
-    findings = conform(pl.read_parquet(path), FINDINGS_SCHEMA)
+    target = polars_schema(FINDINGS_SCHEMA, compact=True)
+    findings = pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
     info = TraceInfo.from_dict(meta)
     costs = {s: MitigationCost.from_dict(c) for s, c in meta.get("costs", {}).items()}
     return Analysis(findings, costs, meta, info)
@@ -197,9 +214,9 @@ def summary_text(a: Analysis, *, first: int = 3) -> str:
                 extra = (f"  cost: traps {sum(cost.traps.values())}, inserted ops {cost.inserted_ops} "
                          f"over {cost.inserted_lines} lines, retyped accesses {cost.retyped_accesses}")
             lines.append(f"  {spec:<{width}}  fixes {d['fixed'].height}, introduces {d['introduced'].height}{extra}")
-    shown = [("none", a.findings.filter(pl.col("mitigation") == "none"), "first findings under none")]
+    shown = [("none", a.compact_findings.filter(pl.col("mitigation") == "none"), "first findings under none")]
     if "none" not in a.mitigations:
-        shown = [(m, a.findings.filter(pl.col("mitigation") == m), f"first findings under {m}")
+        shown = [(m, a.compact_findings.filter(pl.col("mitigation") == m), f"first findings under {m}")
                  for m in a.mitigations]
     shown += [(m, d["introduced"], f"findings {m} introduces (none did not have them)")
               for m, d in comparison.items()]

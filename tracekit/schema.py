@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import polars as pl
 import pyarrow as pa
@@ -55,9 +55,21 @@ def arrow_schema(name: str) -> pa.Schema:
     )
 
 
-def polars_schema(name: str) -> dict[str, pl.DataType]:
-    """Column name -> polars dtype, in schema order."""
-    return dict(pl.Schema(pl.from_arrow(arrow_schema(name).empty_table()).schema))
+def polars_schema(name: str, *, compact: bool = False) -> dict[str, pl.DataType]:
+    """Column name -> polars dtype, in schema order.
+
+    ``compact=True``: string columns as they are kept in memory in bulk, an Enum
+    of the allowed values (in string order, so sorting is unchanged) where the
+    schema lists them, else Categorical: millions of findings repeat a few
+    agents, regions and sources, four bytes a cell instead of a string. Files
+    always hold strings.
+    """
+    out = dict(pl.Schema(pl.from_arrow(arrow_schema(name).empty_table()).schema))
+    if compact:
+        for c in schema_doc(name)["columns"]:
+            if c["type"] == "string":
+                out[c["name"]] = pl.Enum(sorted(c["allowed"])) if "allowed" in c else pl.Categorical()
+    return out
 
 
 TRACE_SCHEMA = "trace-v1"
@@ -68,12 +80,13 @@ def trace_columns() -> list[str]:
     return [c["name"] for c in schema_doc(TRACE_SCHEMA)["columns"]]
 
 
-def conform(df: pl.DataFrame, name: str, *, extra: bool = False) -> pl.DataFrame:
+def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool = False) -> pl.DataFrame:
     """Select and cast ``df`` to schema ``name`` (missing nullable columns become nulls).
 
-    With ``extra=True`` columns beyond the schema are kept after the schema's.
+    With ``extra=True`` columns beyond the schema are kept after the schema's;
+    ``compact=True`` gives string columns their in-memory bulk form (``polars_schema``).
     """
-    target = polars_schema(name)
+    target = polars_schema(name, compact=compact)
     cols = []
     for col, dtype in target.items():
         if col in df.columns:
@@ -187,7 +200,7 @@ def write_table(
     with AtomicPath(dest, force=force) as tmp:
         writer = None
         try:
-            for df in batches:
+            for df in _slices(batches):
                 table = conform(df, schema, extra=extra_columns).to_arrow()
                 if not extra_columns and not table.schema.equals(target):
                     table = table.cast(target)
@@ -206,6 +219,13 @@ def write_table(
             if writer is not None:
                 writer.close()
     return Path(dest)
+
+
+def _slices(batches: Iterable[pl.DataFrame], rows: int = 1 << 20) -> Iterator[pl.DataFrame]:
+    """Frames cut to at most ``rows`` rows: each is converted (e.g. Categorical to strings) on its own."""
+    for df in batches:
+        for start in range(0, max(df.height, 1), rows):
+            yield df.slice(start, rows)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:

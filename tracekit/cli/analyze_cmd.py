@@ -72,8 +72,8 @@ def analyze(
         write_report(result, report_format or _format_of(report), report, force=force)
     if not quiet:
         typer.echo(result.summary(), nl=False)
-    if kinds and gate(result.findings, kinds):
-        typer.echo(f"tracekit: {gate_message(result.findings, kinds)}", err=True)
+    if kinds and gate(result, kinds):
+        typer.echo(f"tracekit: {gate_message(result, kinds)}", err=True)
         raise typer.Exit(1)
 
 

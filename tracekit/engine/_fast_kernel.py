@@ -436,3 +436,48 @@ def recorded_checksum(seq, sub, addr, size, has_addr, kind):
             mixed_xor ^= (m * np.uint64(0xFF51AFD7ED558CCD)) ^ (m >> np.uint64(29))
             count += 1
     return count, total, mixed_xor
+
+
+@njit(cache=True, nogil=True)
+def ordered(seq, sub):
+    """Whether the rows are in strictly increasing (seq, sub) order."""
+    for i in range(1, seq.shape[0]):
+        if seq[i] < seq[i - 1] or (seq[i] == seq[i - 1] and sub[i] <= sub[i - 1]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def event_codes(op, cmo, side, path, region_kind, addr, has_addr, size, has_size, hostc, guest_side, cmo_op,
+                op_lut, cmo_lut, path_lut, eff_lut):
+    """The rows acting on lines by address, with their codes (one pass over Enum codes; see fast._event_codes).
+
+    Returns index (row), code, addr, size, path, eff, hostc, ram for those rows.
+    """
+    n = op.shape[0]
+    keep = np.empty(n, np.int64)
+    k = 0
+    for i in range(n):
+        c = cmo_lut[cmo[i]] if op[i] == cmo_op else op_lut[op[i]]
+        if c >= 0 and has_addr[i]:
+            keep[k] = i
+            k += 1
+    o_code = np.empty(k, np.int8)
+    o_addr = np.empty(k, np.uint64)
+    o_size = np.empty(k, np.uint64)
+    o_path = np.empty(k, np.int8)
+    o_eff = np.zeros(k, np.uint8)
+    o_hostc = np.empty(k, np.bool_)
+    o_ram = np.empty(k, np.bool_)
+    for j in range(k):
+        i = keep[j]
+        c = cmo_lut[cmo[i]] if op[i] == cmo_op else op_lut[op[i]]
+        o_code[j] = c
+        o_addr[j] = addr[i]
+        o_size[j] = size[i] if has_size[i] else 0
+        o_path[j] = path_lut[path[i]]
+        if c == CMO:
+            o_eff[j] = eff_lut[cmo[i], 1 if side[i] == guest_side else 0]
+        o_hostc[j] = hostc[i]
+        o_ram[j] = region_kind[i] == 0
+    return keep[:k], o_code, o_addr, o_size, o_path, o_eff, o_hostc, o_ram

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import UsageError
-from ..model import CMO_OPS, TraceInfo, cmo_effect
+from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect
 from ..schema import FINDINGS_SCHEMA, conform, polars_schema
 
 # codes shared with _fast_kernel (kept here so importing this module does not import numba)
@@ -63,60 +63,45 @@ class Pieces:
         return (a & np.uint64(0x1FFF)).astype(np.uint64), ((a >> np.uint64(13)) & np.uint64(0x1FFF)).astype(np.uint64)
 
 
-def _event_codes(events: pl.DataFrame, info: TraceInfo, rows: np.ndarray | None = None) -> pl.DataFrame:
-    """Per event acting on lines by address: pos, code, addr, size, zva, path, effect bits, host-cacheable, RAM.
+def _lookup_tables(stage2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """By Enum code (255: null): the row code of an operation, of a maintenance operation, the
+    path code, and the effect bits of a maintenance operation by (cmo, acting side is the guest)."""
+    op = np.full(256, -1, np.int8)
+    for name, c in (("read", READ), ("write", WRITE), ("ifetch", IFETCH)):
+        op[OPS.index(name)] = c
+    cmo = np.full(256, -1, np.int8)
+    eff = np.zeros((256, 2), np.uint8)
+    for c in _ADDRESS_CMOS:
+        cmo[CMO_OPS.index(c)] = _ZVA if c == "dc.zva" else CMO
+        if c != "dc.zva":
+            eff[CMO_OPS.index(c)] = (_effect_bits(c, False), _effect_bits(c, stage2))
+    path = np.full(256, _NO_PATH, np.int8)
+    for i, p in enumerate(PATHS):
+        path[i] = ("C", "T", "N").index(p)
+    return op, cmo, path, eff
 
-    String columns are compared, never hashed: comparisons of short strings are the cheapest
-    thing polars does on them. The effect bits are computed on the (few) maintenance rows only.
+
+def _event_codes(events: pl.DataFrame, info: TraceInfo, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per event acting on lines by address: pos, code, addr, size, path, effect bits, host-cacheable, RAM.
+
+    The resolved frame holds Enums: their integer codes go through small lookup
+    tables (numpy), no string is compared. The effect bits of a guest's maintenance
+    are those of its stage-2 upgrade (DC IVAC acts as CIVAC).
     """
-    op = pl.col("op")
-    cmo = pl.col("cmo")
-    path = pl.col("path")
-    code = (
-        pl.when(op == "read").then(READ)
-        .when(op == "write").then(WRITE)
-        .when(op == "ifetch").then(IFETCH)
-        .when(op == "cmo").then(pl.when(cmo == "dc.zva").then(_ZVA).when(cmo.is_in(_ADDRESS_CMOS)).then(CMO))
-        .otherwise(None).cast(pl.Int8)
-    )
-    if rows is not None:  # a subset of the frame (a mitigation's inserted events), keeping positions
-        events = events[rows].with_columns(_pos=pl.Series(rows, dtype=pl.Int64))
-        position = pl.col("_pos")
-    else:
-        position = pl.int_range(pl.len(), dtype=pl.Int64)
-    ev = (
-        events.lazy()
-        .select(
-            pos=position,
-            code=code,
-            addr=pl.col("addr"),
-            size=pl.col("size"),
-            path=pl.when(path == "C").then(0).when(path == "T").then(1).when(path == "N").then(2)
-                 .otherwise(_NO_PATH).cast(pl.Int8),
-            hostc=pl.col("host_cacheable").fill_null(False),
-            ram=(pl.col("region_kind") == "ram").fill_null(False),
-        )
-        .filter(pl.col("code").is_not_null() & pl.col("addr").is_not_null())
-        .collect()
-    )
-    # effect bits of the maintenance rows (a guest's DC IVAC acts as CIVAC under stage 2): the
-    # maintenance rows are a subset of ev's rows in the same order, so their bits scatter by mask
-    cm = (
-        events.lazy()
-        .select(cmo=cmo, up=(pl.col("side") == "guest") & pl.lit(info.stage2),
-                keep=(op == "cmo") & cmo.is_in(_ADDRESS_CMOS) & (cmo != "dc.zva") & pl.col("addr").is_not_null())
-        .filter("keep")
-        .collect()
-    )
-    eff = np.zeros(ev.height, np.uint8)
-    if cm.height:
-        table = {(c, u): _effect_bits(c, u) for c in _ADDRESS_CMOS for u in (False, True)}
-        bits = pl.DataFrame([{"cmo": c, "up": u, "eff": b} for (c, u), b in table.items()],
-                            schema={"cmo": pl.String, "up": pl.Boolean, "eff": pl.UInt8})
-        cm = cm.with_columns(pl.col("cmo").cast(pl.String))  # the resolved frame holds an Enum
-        cm_eff = cm.join(bits, on=["cmo", "up"], how="left", maintain_order="left")["eff"].to_numpy()
-        eff[ev["code"].to_numpy() == CMO] = cm_eff
-    return ev.with_columns(eff=pl.Series(eff))
+    from ..resolve import PATH_ENUM, REGION_KIND_ENUM, VOCABULARY, _codes
+    from . import _fast_kernel as K
+
+    ev = events if rows is None else events[rows]
+    op_lut, cmo_lut, path_lut, eff_lut = _lookup_tables(info.stage2)
+    idx, code, addr, size, path, eff, hostc, ram = K.event_codes(
+        _codes(ev["op"], VOCABULARY["op"]), _codes(ev["cmo"], VOCABULARY["cmo"]),
+        _codes(ev["side"], VOCABULARY["side"]), _codes(ev["path"], PATH_ENUM),
+        _codes(ev["region_kind"], REGION_KIND_ENUM), ev["addr"].fill_null(0).to_numpy(),
+        ev["addr"].is_not_null().to_numpy(), ev["size"].fill_null(0).to_numpy(), ev["size"].is_not_null().to_numpy(),
+        ev["host_cacheable"].fill_null(False).to_numpy(), SIDES.index("guest"), OPS.index("cmo"),
+        op_lut, cmo_lut, path_lut, eff_lut)
+    return {"pos": idx if rows is None else rows[idx].astype(np.int64), "code": code, "addr": addr, "size": size,
+            "path": path, "eff": eff, "hostc": hostc, "ram": ram}
 
 
 def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = None) -> Pieces:
@@ -124,15 +109,11 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     from . import _fast_kernel as K
 
     ev = _event_codes(events, info, rows)
-    code = ev["code"].to_numpy()
+    code = ev["code"]
     zva = code == _ZVA
     code = np.where(zva, WRITE, code).astype(np.int8)
-    line, pos, attr = K.explode(
-        ev["pos"].to_numpy(), ev["addr"].to_numpy().astype(np.uint64, copy=False),
-        ev["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False), zva, code,
-        ev["path"].to_numpy(), ev["eff"].to_numpy(), ev["hostc"].to_numpy(), ev["ram"].to_numpy(),
-        info.line_size,
-    )
+    line, pos, attr = K.explode(ev["pos"], ev["addr"], ev["size"], zva, code, ev["path"], ev["eff"], ev["hostc"],
+                                ev["ram"], info.line_size)
     n = len(line)
     if n == 0:
         return Pieces(line, pos, attr)
@@ -199,14 +180,14 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
 
 
 def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: TraceInfo,
-                   mitigation: str) -> pl.DataFrame:
+                   mitigation: str, compact: bool = False) -> pl.DataFrame:
     """findings-v1 rows from the kernel's positions, sorted by (seq, line, kind, cause).
 
     The sort is numeric (positions follow (seq, sub); kind and cause codes are numbered
     in their string order), then every column is one gather.
     """
     if raw.shape[0] == 0:
-        return empty_findings()
+        return conform(empty_findings(), FINDINGS_SCHEMA, compact=compact)
     row = raw[:, 0]
     pos = pieces.pos[row]
     line = pieces.line[row]
@@ -244,16 +225,16 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
         "src_line": at["src_line"],
         "src_offset": at["src_offset"],
     })
-    return conform(df, FINDINGS_SCHEMA)
+    return conform(df, FINDINGS_SCHEMA, compact=compact)
 
 
 def _sorted(events: pl.DataFrame) -> pl.DataFrame:
     """The frame in (seq, sub) order (the contract; checked cheaply, sorted only when needed)."""
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
-    key = events.select(pl.col("seq").cast(pl.Int64), pl.col("sub").cast(pl.Int64))
-    ok = key.select(((pl.col("seq").diff() > 0) | ((pl.col("seq").diff() == 0) & (pl.col("sub").diff() > 0)))
-                    .fill_null(True).all()).item()
+    from ._fast_kernel import ordered
+
+    ok = ordered(events["seq"].to_numpy(), events["sub"].to_numpy())
     return events if ok else events.sort("seq", "sub", maintain_order=True)
 
 
@@ -276,13 +257,10 @@ def clear_cache() -> None:
 
 
 def _path_codes(events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    path = pl.col("path")
-    df = events.select(
-        path=pl.when(path == "C").then(0).when(path == "T").then(1).when(path == "N").then(2)
-        .otherwise(_NO_PATH).cast(pl.Int8),
-        hostc=pl.col("host_cacheable").fill_null(False),
-    )
-    return df["path"].to_numpy(), df["hostc"].to_numpy()
+    from ..resolve import PATH_ENUM, _codes
+
+    path = _lookup_tables(False)[2][_codes(events["path"], PATH_ENUM)]
+    return path, events["host_cacheable"].fill_null(False).to_numpy()
 
 
 def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> Pieces:
@@ -299,19 +277,20 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
     global _LAST
     from . import _fast_kernel as K
 
-    cols = events.select(
-        pl.col("seq").cast(pl.UInt64), pl.col("sub").cast(pl.Int64),
-        addr=pl.col("addr").fill_null(0).cast(pl.UInt64), size=pl.col("size").fill_null(0).cast(pl.UInt64),
-        has_addr=pl.col("addr").is_not_null(),
-        # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
-        kind=pl.col("op").hash(11) ^ pl.col("cmo").hash(12) ^ pl.col("side").hash(13)
-        ^ pl.col("region_kind").hash(14),
-    )
-    seq = cols["seq"].to_numpy()
-    sub = cols["sub"].to_numpy()
+    from ..resolve import REGION_KIND_ENUM, VOCABULARY, _codes
+
+    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
+    sub = events["sub"].to_numpy().astype(np.int64, copy=False)
+    # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
+    kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
+            | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
+            | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
+            | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
     recorded = sub == 0
-    count, total, xor = K.recorded_checksum(seq, sub, cols["addr"].to_numpy(), cols["size"].to_numpy(),
-                                            cols["has_addr"].to_numpy(), cols["kind"].to_numpy())
+    count, total, xor = K.recorded_checksum(
+        seq, sub, events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+        events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+        events["addr"].is_not_null().to_numpy(), kind)
     key = (info.line_size, info.stage2, int(count), int(total), int(xor))
     inserted = np.flatnonzero(~recorded)
     layout = _LAST if reuse else None
@@ -341,11 +320,14 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
 
 
 def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
-           speculation: str = "architectural") -> pl.DataFrame:
-    """Findings of a resolved (and mitigated) frame; identical to ``reference.replay``."""
+           speculation: str = "architectural", compact: bool = False) -> pl.DataFrame:
+    """Findings of a resolved (and mitigated) frame; identical to ``reference.replay``.
+
+    ``compact``: string columns as Enum/Categorical (``schema.polars_schema``), as `analyze` keeps them.
+    """
     if speculation not in ("architectural", "observed"):
         raise UsageError(f"--speculation: expected architectural or observed, found {speculation!r}")
     events = _sorted(events)
     pieces = pieces_of(events, info)
     raw = scan(pieces, global_ops(events, info), events.height, info, speculation)
-    return findings_frame(raw, pieces, events, info, mitigation)
+    return findings_frame(raw, pieces, events, info, mitigation, compact)

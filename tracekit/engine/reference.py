@@ -222,7 +222,7 @@ def _access_range(row: dict[str, Any], line_size: int) -> tuple[int, int]:
 
 
 def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
-           speculation: str = "architectural") -> pl.DataFrame:
+           speculation: str = "architectural", compact: bool = False) -> pl.DataFrame:
     """Findings of one mitigation's resolved event frame (docs/semantics.md), findings-v1."""
     ls = info.line_size
     events = events.sort("seq", "sub")
@@ -260,7 +260,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
                 for n in range(row["addr"] // ls, (row["addr"] + size - 1) // ls + 1):
                     rp.maintain(ev, effect, touch(n, row["region_kind"]), n)
     df = pl.DataFrame(rp.findings, schema=_findings_schema()) if rp.findings else pl.DataFrame(schema=_findings_schema())
-    return conform(df, FINDINGS_SCHEMA).sort("seq", "line", "kind", "cause", maintain_order=True)
+    return conform(df, FINDINGS_SCHEMA, compact=compact).sort("seq", "line", "kind", "cause", maintain_order=True)
 
 
 def _findings_schema() -> dict[str, pl.DataType]:

@@ -53,6 +53,12 @@ class Comparison:
                                           "introduced": pl.Int64})
 
 
+def _strings(df: pl.DataFrame) -> pl.DataFrame:
+    """String columns as strings (a compact findings frame keeps them as Enum/Categorical)."""
+    return df.with_columns(pl.col(c).cast(pl.String) for c, t in df.schema.items()
+                           if isinstance(t, (pl.Categorical, pl.Enum)))
+
+
 def _order(pair: tuple[str, str]) -> tuple[int, int]:
     k, c = pair
     return (KINDS.index(k) if k in KINDS else len(KINDS), CAUSES.index(c) if c in CAUSES else len(CAUSES))
@@ -67,7 +73,8 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     """
     order = list(mitigations) if mitigations is not None else list(dict.fromkeys(findings["mitigation"].to_list()))
     pairs = sorted({(k, c) for k, c in findings.select("kind", "cause").unique().iter_rows()}, key=_order)
-    counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len())
+    counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len()).with_columns(
+        pl.col("mitigation", "kind", "cause").cast(pl.String))  # Categorical/Enum in a compact frame
     grid = pl.DataFrame(
         [(m, k, c) for m in order for k, c in pairs],
         schema={"mitigation": pl.String, "kind": pl.String, "cause": pl.String}, orient="row",
@@ -92,6 +99,6 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
             if m == baseline:
                 continue
             mine = findings.filter(pl.col("mitigation") == m)
-            fixed[m] = base.join(mine.select(key).unique(), on=key, how="anti").sort(key)
-            introduced[m] = mine.join(base.select(key).unique(), on=key, how="anti").sort(key)
+            fixed[m] = _strings(base.join(mine.select(key).unique(), on=key, how="anti").sort(key))
+            introduced[m] = _strings(mine.join(base.select(key).unique(), on=key, how="anti").sort(key))
     return Comparison(order, baseline if has_base else None, long, wide, fixed, introduced)

@@ -30,7 +30,12 @@ def parse_kinds(kinds: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def _frame(findings: Any) -> pl.DataFrame:
-    df = findings if isinstance(findings, pl.DataFrame) else getattr(findings, "findings", None)
+    if isinstance(findings, pl.DataFrame):
+        df = findings
+    elif hasattr(findings, "compact_findings"):  # an Analysis: no need for the string form
+        df = findings.compact_findings
+    else:
+        df = getattr(findings, "findings", None)
     if not isinstance(df, pl.DataFrame) or not {"mitigation", "kind"} <= set(df.columns):
         raise UsageError("gate: expected a findings-v1 frame or an Analysis")
     return df
@@ -43,7 +48,8 @@ def remaining(findings: Any, kinds: str | Iterable[str], *,
     df = _frame(findings).filter(pl.col("kind").is_in(list(wanted)))
     if mitigations is not None:
         df = df.filter(pl.col("mitigation").is_in(list(mitigations)))
-    return df.group_by("mitigation", "kind").len("findings").sort("mitigation", "kind")
+    return (df.group_by("mitigation", "kind").len("findings")
+            .with_columns(pl.col("mitigation", "kind").cast(pl.String)).sort("mitigation", "kind"))
 
 
 def gate(findings: Any, kinds: str | Iterable[str], *, mitigations: Iterable[str] | None = None) -> int:
