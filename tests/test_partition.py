@@ -82,3 +82,16 @@ def test_should_partition_compares_the_estimate_with_the_budget(trace):
         P.parse_size("lots")
     with pytest.raises(UsageError):
         P.part_count(10, 1 << 20)  # below what the process needs at all
+
+
+def test_the_whole_trace_estimate_grows_with_the_mitigations_kept(trace):
+    """Each mitigation's findings stay in memory for the comparison: a budget that holds one
+    mitigation's run of a trace may not hold the catalog's."""
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(trace).metadata.num_rows
+    one, ten = P.estimated_bytes(rows, 1), P.estimated_bytes(rows, 10)
+    assert ten > one
+    between = (one + ten) // 2
+    assert not P.should_partition(trace, between, 1)
+    assert P.should_partition(trace, between, 10)

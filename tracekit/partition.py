@@ -45,9 +45,14 @@ from .errors import UsageError
 from .model import TraceInfo
 from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, write_table
 
-#: Memory one event costs while a trace (or part) is resolved, mitigated and replayed
-#: (measured: 6.5 GB peak for 10 M `mixed` events under `none`; see benchmarks/README.md).
+#: Memory one event costs while a part is resolved, mitigated and replayed (parts are
+#: sized with it; 100 M events at --memory-budget 1G peaked at 1.29 GB, benchmarks/README.md).
 BYTES_PER_EVENT = 700
+#: A whole trace in memory: per event, and per event and mitigation (each mitigation's
+#: findings are kept for the comparison). Measured on 10 M `mixed` events (compact
+#: frames): `none` peaked at 3.2 GB, the catalog of 10 at 8.2 GB; these round up.
+WHOLE_BYTES_PER_EVENT = 300
+WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 60
 #: What the process needs besides the parts (interpreter, polars, numba, the global events).
 BASE_BYTES = 350 << 20
 PAGE_SHIFT = 12  # parts own whole 4 KiB pages
@@ -75,14 +80,15 @@ def parse_size(text: str) -> int:
         raise UsageError(f"--memory-budget: expected a size like 1G or 512M, found {text!r}") from None
 
 
-def estimated_bytes(events: int) -> int:
-    return BASE_BYTES + events * BYTES_PER_EVENT
+def estimated_bytes(events: int, mitigations: int = 1) -> int:
+    """Peak memory of analysing ``events`` whole under ``mitigations`` specs."""
+    return BASE_BYTES + events * (WHOLE_BYTES_PER_EVENT + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * max(1, mitigations))
 
 
-def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int) -> bool:
-    """Whether analysing the trace whole would need more than ``budget_bytes``."""
+def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int, mitigations: int = 1) -> bool:
+    """Whether analysing the trace whole under ``mitigations`` specs would need more than ``budget_bytes``."""
     rows = pq.ParquetFile(trace_path).metadata.num_rows
-    return estimated_bytes(rows) > budget_bytes
+    return estimated_bytes(rows, mitigations) > budget_bytes
 
 
 def part_count(events: int, budget_bytes: int) -> int:

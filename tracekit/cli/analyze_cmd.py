@@ -39,7 +39,7 @@ def analyze(
     Exit status: 0 when the analysis ran (findings or not), 1 when --fail-on
     kinds remain, 2 for bad input.
     """
-    from ..analyze import analyze as run, write_transformed
+    from ..analyze import analyze as run, expand_mitigations, write_transformed
     from ..reports.gate import gate, gate_message, parse_kinds
     from ..schema import check_output
     from ..trace import load
@@ -53,7 +53,7 @@ def analyze(
     budget = parse_size(memory_budget) if memory_budget else default_budget()
     single = inputs[0] if len(inputs) == 1 else None
     if (single is not None and single.suffix == ".parquet" and emit_trace is None
-            and should_partition(single, budget)):
+            and should_partition(single, budget, len(expand_mitigations(mitigation)))):
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet)
         output = None  # written part by part
