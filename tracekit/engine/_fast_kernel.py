@@ -71,6 +71,27 @@ def _last_before(a, p):
     return lo - 1
 
 
+@njit(cache=True, inline="always")
+def _advance(a, idx, p):
+    """Index of the last element of sorted ``a`` that is < p, given ``idx`` that was so for a p' <= p.
+
+    Pieces of a line come in increasing position, and most gaps between two of them hold no
+    whole-cache operation: one comparison then, a binary search only when the cursor moves.
+    """
+    nxt = idx + 1
+    if nxt >= a.shape[0] or a[nxt] >= p:
+        return idx
+    lo = nxt + 1
+    hi = a.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if a[mid] < p:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
 @njit(cache=True)
 def _grow(out, n, need):
     """``out`` with room for ``need`` more rows after the first n."""
@@ -153,6 +174,10 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
         tlo = line_size
         thi = 0
         k = i
+        # cursors into the whole-cache timelines: the last operation before p (ram, ic) or p1 + 1 (isw)
+        ram_c = -1
+        ic_c = -1
+        isw_c = -1
         while True:
             p = r_pos[k] if k < j else n_events
             if k > i and has_global:
@@ -160,7 +185,8 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                 p1 = r_pos[k - 1]
                 r = -1
                 if is_ram and has_ram:
-                    ir = _last_before(g_ram, p)
+                    ram_c = _advance(g_ram, ram_c, p)
+                    ir = ram_c
                     if ir >= 0 and g_ram[ir] > p1:
                         r = g_ram[ir]
                 if has_isw and last_cw > max(last_clean, last_inval):
@@ -169,7 +195,8 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                     limit = p
                     if r >= 0:
                         limit = g_ram[_last_before(g_ram, p1 + 1) + 1]
-                    s_i = _last_before(g_isw, p1 + 1) + 1
+                    isw_c = _advance(g_isw, isw_c, p1 + 1)
+                    s_i = isw_c + 1
                     if s_i < g_isw.shape[0] and g_isw[s_i] < limit:
                         dirty_end = max(last_clean, last_inval)
                         out = _grow(out, n, line_size)
@@ -179,7 +206,8 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                             out = _grow(out, n, line_size)
                             n = _discard(out, n, last_s, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
                 if has_ic:
-                    ic_i = _last_before(g_ic, p)
+                    ic_c = _advance(g_ic, ic_c, p)
+                    ic_i = ic_c
                     if ic_i >= 0 and g_ic[ic_i] > p1:
                         c = g_ic[ic_i]
                         pb = last_pou
