@@ -23,6 +23,7 @@ per event.
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -392,6 +393,32 @@ def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
 # Cost, generically: compare the frame before and after
 
 
+_TOUCHED: dict[tuple[str, int], tuple[Any, int]] = {}
+
+
+def _touched_cached(fn):
+    """One trace's count, kept: every mitigation of a catalog run costs its ram.civac against the same frame.
+
+    Kept per (function, line size) with a weak reference to the frame it was counted on:
+    a frame that is gone (even if another takes its address) never matches.
+    """
+    def wrapper(frame: Frame, line_size: int) -> int:
+        if not isinstance(frame, pl.DataFrame):
+            return fn(frame, line_size)
+        key = (fn.__name__, line_size)
+        hit = _TOUCHED.get(key)
+        if hit is not None and hit[0]() is frame:
+            return hit[1]
+        value = fn(frame, line_size)
+        _TOUCHED[key] = (weakref.ref(frame), value)
+        return value
+
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+@_touched_cached
 def ram_lines_touched(frame: Frame, line_size: int) -> int:
     """Distinct lines of RAM regions that the trace's addressed events touch (what ``ram.civac`` covers)."""
     lf = lazy(frame).filter(
@@ -402,6 +429,7 @@ def ram_lines_touched(frame: Frame, line_size: int) -> int:
     return int(n or 0)
 
 
+@_touched_cached
 def _lines_touched(frame: Frame, line_size: int) -> int:
     lf = lazy(frame).filter(recorded() & pl.col("addr").is_not_null()).select(
         _lo=first_line(line_size), _hi=last_line(line_size))

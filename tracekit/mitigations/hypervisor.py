@@ -179,13 +179,13 @@ def first_touches(frame: Frame) -> pl.LazyFrame:
     # DC ZVA writes the line of its address, which lies in the page of its address.
     last_byte = pl.when(is_zva().fill_null(False)).then(_col("addr")).otherwise(
         _col("addr") + _col("size").fill_null(1).clip(lower_bound=1) - 1)
-    pages = (
-        acc.select("seq", page=pl.int_ranges(_col("addr") // PAGE, last_byte // PAGE + 1, dtype=pl.UInt64))
-        .explode("page")
-        .group_by("page")
-        .agg(_col("seq").min())
-    )
-    return pages
+    spans = acc.select("seq", page=_col("addr") // PAGE, _last=last_byte // PAGE)
+    # nearly every access lies in one page: only the few that cross pages are cut into pages
+    one = spans.filter(_col("page") == _col("_last")).select("seq", "page")
+    many = (spans.filter(_col("page") != _col("_last"))
+            .select("seq", page=pl.int_ranges("page", _col("_last") + 1, dtype=pl.UInt64)).explode("page"))
+    return pl.concat([one, many.select("seq", pl.col("page").cast(pl.UInt64))]).group_by("page").agg(
+        _col("seq").min())
 
 
 def kvm_fault_clean(frame: Frame, ctx: MitigationContext) -> pl.LazyFrame:
@@ -198,10 +198,12 @@ def kvm_fault_clean(frame: Frame, ctx: MitigationContext) -> pl.LazyFrame:
     """
     lf = lazy(frame)
     schema = lf.collect_schema()
-    runs = interval_union(first_touches(lf).with_columns(_hi=_col("page")), ["seq"], "page", "_hi")
-    acc = lf.filter(recorded()).select("seq", "op", "addr", *_ANCHOR_COLUMNS).unique("seq")
+    runs = interval_union(first_touches(lf).with_columns(_hi=_col("page")), ["seq"], "page", "_hi").collect()
+    # the faulting accesses: one recorded event per seq, and few of them
+    acc = lf.filter(recorded() & _col("seq").is_in(runs["seq"].unique().implode())).select(
+        "seq", "op", "addr", *_ANCHOR_COLUMNS)
     runs = (
-        runs.join(acc.rename({"addr": "_acc_addr"}), on="seq", how="left")
+        runs.lazy().join(acc.rename({"addr": "_acc_addr"}), on="seq", how="left")
         .sort("seq", "page")
         .with_columns(_r=pl.int_range(pl.len()).over("seq").clip(0, 31))
     )
