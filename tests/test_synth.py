@@ -106,3 +106,12 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path):
     r = runner.invoke(app, ["synth", "--events", "3000", "--profile", "nope", "-o", str(tmp_path / "x.parquet")])
     assert r.exit_code == 2 and "--profile" in r.output
     assert not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.parametrize("profile", ["boot", "mixed"])
+def test_only_maintenance_events_name_a_maintenance_operation(profile):
+    """Regression: a boot slot drawn as maintenance then turned into a register write kept its cmo
+    (a SCTLR_EL1 write that also said dc.cisw). trace-v1: cmo is null unless op is cmo."""
+    df = synth_frame(200_000, seed=1, profile=profile)
+    assert df.filter(pl.col("cmo").is_not_null() & (pl.col("op") != "cmo")).height == 0
+    assert df.filter((pl.col("op") == "sysreg") & pl.col("sysreg").is_null()).height == 0

@@ -219,6 +219,7 @@ class Synth:
         op[last_sctlr] = SR
         sysreg[last_sctlr] = 1
         value[last_sctlr] = LINUX_SCTLR_ON
+        cmo[first | last_mair | last_sctlr] = NOC  # a register write replacing a drawn maintenance slot
         for col, v in ((c.agent, agent), (c.op, op), (c.addr, addr), (c.size, size), (c.cmo, cmo),
                        (c.sysreg, sysreg), (c.value, value), (c.attr_index, attr)):
             col[cpu_part] = v
