@@ -7,6 +7,11 @@ events/s and peak RSS beside the targets:
     scenario text >= 1 M lines/s, CSV and JSONL >= 2 M events/s, < ~2 GB RSS.
 
 Usage: .venv/bin/python benchmarks/bench_ingest.py [--events N] [--keep DIR [--reuse]] [--only tkt,csv,jsonl]
+       [--stages]
+
+``--stages`` also runs each importer alone (batches read and checked, nothing
+written, no SHA-256) and prints its CPU time per event beside the whole
+ingest's, so the reading side and the writing side can be told apart.
 """
 
 from __future__ import annotations
@@ -45,6 +50,20 @@ s = ingest([src], out, quiet=True, force=True)
 dt, dc = time.perf_counter() - t0, cpu() - c0
 hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"events": s.events, "seconds": dt, "cpu_seconds": dc, "rss_mb": hwm / 1024}))
+"""
+
+# The importer alone: read and check every batch, write nothing.
+IMPORT_ONLY = r"""
+import json, resource, sys, time
+from pathlib import Path
+from tracekit.importers import ImportOptions, detect_format, get_importer
+src = Path(sys.argv[1])
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+t0, c0 = time.perf_counter(), cpu()
+n = sum(b.height for b in get_importer(detect_format(src)).read(src, ImportOptions(quiet=True)).batches)
+print(json.dumps({"events": n, "seconds": time.perf_counter() - t0, "cpu_seconds": cpu() - c0}))
 """
 
 CORES = 2  # the targets are for a 2-core machine
@@ -111,6 +130,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, help="generate into this folder and keep the files")
     ap.add_argument("--only", default="tkt,csv,jsonl", help="formats to run (comma-separated)")
     ap.add_argument("--reuse", action="store_true", help="with --keep: use inputs already generated there")
+    ap.add_argument("--stages", action="store_true",
+                    help="also time each importer alone (read + checks, no Parquet writing)")
     ap.add_argument("--generate-only", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -148,6 +169,15 @@ def main() -> None:
         mark = "ok" if rate >= TARGET[fmt] else "below"
         print(f"{fmt:<6} {m['events']:>12,} {m['seconds']:>8.2f} {rate:>12,.0f} {TARGET[fmt]:>10,} "
               f"{m['rss_mb']:>7.0f} MB  {mark:<6} {cpu_us:>9.2f} {projected:>12,.0f} {load:>8.2f}")
+        if args.stages:
+            r = subprocess.run([sys.executable, "-c", IMPORT_ONLY, str(p)], capture_output=True, text=True)
+            if r.returncode:
+                print(f"{fmt}: importer alone failed\n{r.stderr}", file=sys.stderr)
+            else:
+                s = json.loads(r.stdout)
+                read_us = s["cpu_seconds"] / s["events"] * 1e6
+                print(f"  {fmt} importer alone: {read_us:.2f} us/ev CPU ({s['events'] / s['seconds']:,.0f} ev/s wall); "
+                      f"the rest of the ingest (hash, numbering, Parquet writing): {cpu_us - read_us:.2f} us/ev")
         out.unlink(missing_ok=True)
     if not args.keep:
         for p in folder.iterdir():

@@ -15,8 +15,16 @@ beside the input (the input's full name plus ``.settings.tkt``, e.g.
 ``run.csv.settings.tkt``) when it exists; command options override either. The
 rows get the same checks as a scenario (tracekit.validate).
 
-Both formats stream in batches (pyarrow's CSV reader; JSONL in chunks of whole
-lines decoded by polars), so memory stays bounded whatever the file size.
+Both formats stream in chunks of whole lines (~8 MiB), so memory stays bounded
+whatever the file size; two chunks are parsed at once. Each chunk is first read
+with the numbers typed by the reader itself (pyarrow's CSV reader, polars' NDJSON
+reader): decimal or ``0x`` numbers in CSV, JSON numbers in JSONL. If that read
+refuses the chunk, a second one takes ``addr size value`` as text and converts
+them with the text path's number rules (``"0x..."`` strings in JSON, ``4K``
+sizes). A chunk still refused, or with a row that breaks a rule, is read as text
+and converted by the scenario's rules (tracekit.validate), which name the bad
+line; the typed reads only ever accept what that path accepts. Every JSONL
+object's keys are checked (one compiled scan of the chunk's bytes).
 """
 
 from __future__ import annotations
@@ -25,20 +33,24 @@ import csv
 import io
 import json
 import mmap
+import threading
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from .._jit import njit
 from .._progress import progress
 from ..errors import TraceFormatError
-from ..model import TraceInfo
+from ..model import ATTR_ALIASES, CMO_OPS, CMO_WITHOUT_ADDRESS, OPS, TraceInfo
 from ..schema import trace_columns
-from ..validate import TEXT_FIELDS, Semantics, first_error, typed_fields
+from ..validate import AGENT_RE, SYSREG_RE, TEXT_FIELDS, Semantics, first_error, typed_fields
+from ..validate import _size_fast, _uint_fast  # the text path's own number parsing (Fields.fast)
 from .base import ImportOptions, ImportResult
-from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings
+from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings, release
 
 BLOCK_BYTES = 8 << 20
 IGNORED = ("seq", "side", "src", "src_line", "src_offset")
@@ -112,7 +124,7 @@ class _Rows:
             text = text.with_columns([pl.lit(None, dtype=pl.String).alias(c) for c in missing])
         fast = self.fields.fast(text, ("phase", "detail", "src_line"))
         if fast is not None:  # every row is valid (the common case)
-            return fast.with_columns(src=pl.lit(self.src), src_offset=pl.lit(None, dtype=pl.UInt64))
+            return self.finish(fast)
         full = self.fields.helpers(text.lazy()).collect(engine="streaming")
 
         def finish(frame: pl.DataFrame) -> pl.DataFrame:
@@ -129,6 +141,10 @@ class _Rows:
                 raise
         return finish(full)
 
+    def finish(self, typed: pl.DataFrame) -> pl.DataFrame:
+        """Typed rows plus the provenance columns."""
+        return typed.with_columns(src=pl.lit(self.src), src_offset=pl.lit(None, dtype=pl.UInt64))
+
     def convert(self, text: pl.DataFrame) -> pl.DataFrame:
         """Typed and fully checked rows (in file order, one batch at a time)."""
         try:
@@ -138,6 +154,164 @@ class _Rows:
             raise
         self.semantics.check(out)
         return out
+
+
+def _line_chunks(data, start: int, first_line: int, src: str, quiet: bool, *, block: int,
+                 check_utf8: bool) -> Iterator[tuple[bytes, int, int]]:
+    """(bytes, first line, number of lines) for pieces of ``data[start:]`` cut after a newline.
+
+    Each piece is ~``block`` bytes; its pages are dropped from the mapping once
+    copied (bounded RSS). Newlines are counted with numpy (bytes.count is
+    several times slower). ``check_utf8``: a piece that is not ASCII must be
+    UTF-8, else an error names the line and byte offset.
+    """
+    n = len(data)
+    pos, line = start, first_line
+    with progress(total=n - start, desc=f"reading {Path(src).name}", unit="B", unit_scale=True,
+                  quiet=quiet) as bar:
+        while pos < n:
+            end = min(n, pos + block)
+            if end < n:
+                nl = data.find(b"\n", end)
+                end = n if nl < 0 else nl + 1
+            raw = bytes(data[pos:end])
+            release(data, pos, end)
+            if check_utf8 and not raw.isascii():
+                decode(raw, src, line, pos)
+            lines = int(np.count_nonzero(np.frombuffer(raw, dtype=np.uint8) == 10)) + (not raw.endswith(b"\n"))
+            yield raw, line, lines
+            line += lines
+            bar.update(end - pos)
+            pos = end
+
+
+#: The numbers a typed read gives directly (attr_index read wide, then checked to be 0..7).
+NUMBER_FIELDS = ("time", "addr", "size", "value", "attr_index")
+#: The numbers often written as text the readers do not type: "0x10" in JSON, "4K" sizes.
+TEXT_NUMBERS = ("addr", "size", "value")
+
+
+def _numbers_from_text(df: pl.DataFrame) -> pl.DataFrame | None:
+    """``df`` with its text ``addr size value`` as u64 (decimal, 0x hex, sizes with K/M/G), or None.
+
+    The text path's own conversion (the one ``Fields.fast`` applies), so a
+    chunk converted here gives what the text path gives; None when a value is
+    malformed or too big (the text path then names the line).
+    """
+    out = {}
+    for c in TEXT_NUMBERS:
+        if c not in df.columns or df[c].dtype != pl.String:
+            continue
+        v = _size_fast(df[c]) if c == "size" else _uint_fast(df[c])
+        if v is None:
+            return None
+        out[c] = v
+    return df.with_columns(**out) if out else df
+
+
+def _typed_fast(df: pl.DataFrame, line_size: int) -> pl.DataFrame | None:
+    """Trace-v1 columns of a chunk whose numbers were typed by the reader, when every row is valid.
+
+    ``df`` holds the text fields with ``time`` Float64 and ``addr size value
+    attr_index`` unsigned integers (as the reader parsed them), plus ``src_line``.
+    The same checks and output as ``Fields.fast`` (tracekit.validate) on the
+    same rows as text: the few distinct names checked once each, the structural
+    rules as boolean masks. None means "some row may break a rule": the caller
+    reads the chunk again as text, and the exact checks name the first bad line.
+    """
+    n = df.height
+    agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
+    agents = agent_t.unique()
+    if agents.null_count() or not agents.str.contains(AGENT_RE).all():
+        return None
+    ops = op_t.unique()
+    if ops.null_count() or not ops.is_in(list(OPS)).all():
+        return None
+    cmos = cmo_t.drop_nulls().unique()
+    if not cmos.is_in(list(CMO_OPS)).all():
+        return None
+    sysregs = sysreg_t.drop_nulls().unique()
+    if not sysregs.str.contains(SYSREG_RE).all():
+        return None
+    attrs = attr_t.drop_nulls().unique().to_list()
+    if any(a not in ATTR_ALIASES for a in attrs):
+        return None
+    idx = df["attr_index"]
+    if idx.null_count() < n and not ((idx >= 0) & (idx <= 7)).all():
+        return None
+    time = df["time"]
+    if not time.is_finite().all():  # inf, nan (and 1e400): the text path decides
+        return None
+
+    # the structural checks of typed_fields (the fields are well formed here), as eager
+    # boolean kernels: each mask is computed once (an expression list recomputed them)
+    ops_seen = set(ops.to_list())
+    none = pl.Series([False], dtype=pl.Boolean).new_from_index(0, n)
+
+    def op_is(*names: str) -> pl.Series:
+        hit = [op_t == o for o in names if o in ops_seen]
+        if not hit:
+            return none
+        out = hit[0]
+        for h in hit[1:]:
+            out = out | h
+        return out
+
+    is_access, is_cmo, is_sysreg = op_is("read", "write", "ifetch"), op_is("cmo"), op_is("sysreg")
+    other = ~(is_access | is_cmo)
+    addr_nn, size_nn, value_nn = df["addr"].is_not_null(), df["size"].is_not_null(), df["value"].is_not_null()
+    cmo_nn, sysreg_nn = cmo_t.is_not_null(), sysreg_t.is_not_null()
+    typed_nn = attr_t.is_not_null() | idx.is_not_null()
+    no_addr = [c for c in cmos.to_list() if c in CMO_WITHOUT_ADDRESS]
+    cmo_no_addr = cmo_t.is_in(no_addr).fill_null(False) if no_addr else none
+    addr_or_size = addr_nn | size_nn
+    bad = (
+        (is_cmo ^ cmo_nn)  # a cmo without its operation, or an operation on another event
+        | (is_cmo & cmo_no_addr & addr_or_size)
+        | (is_cmo & ~cmo_no_addr & ~addr_nn)
+        | (is_access & ~(addr_nn & size_nn))  # an access needs an address and a size
+        | (other & (addr_or_size | typed_nn))
+        | (is_sysreg ^ sysreg_nn)
+        | (is_sysreg & ~value_nn)
+    )
+    if bad.any():
+        return None
+
+    names = agents.to_list()
+    agent = agent_t.replace({"guest": "guest.0", "host": "host.0"}) if ("guest" in names or "host" in names) \
+        else agent_t
+    sides = [a.split(".", 1)[0] for a in names]  # guest, host or dev (the agents are valid)
+    if len(set(sides)) == 1:
+        side = pl.repeat(sides[0], n, dtype=pl.String, eager=True)
+    else:  # each distinct agent's side, gathered by the agent's code
+        side = pl.Series(sides, dtype=pl.String).gather(agent_t.cast(pl.Enum(names)).to_physical())
+    attr = attr_t.replace_strict(ATTR_ALIASES, default=None, return_dtype=pl.String) \
+        if any(ATTR_ALIASES[a] != a for a in attrs) else attr_t
+    size = df["size"]
+    one_line = is_cmo & ~size_nn & addr_nn
+    if one_line.any():  # a cmo by address without a size maintains the line holding the address
+        size = df.select(pl.when(one_line).then(pl.lit(line_size, dtype=pl.UInt64) - pl.col("addr") % line_size)
+                         .otherwise(pl.col("size"))).to_series()
+    # register names upper case (ASCII by SYSREG_RE); a column already so is kept as it is
+    sysreg = sysreg_t if all(s == s.upper() for s in sysregs.to_list()) else sysreg_t.str.to_uppercase()
+    return pl.DataFrame({
+        "time": time, "agent": agent, "side": side.alias("side"), "op": op_t, "addr": df["addr"], "size": size,
+        "cmo": cmo_t, "sysreg": sysreg, "value": df["value"], "attr": attr, "attr_index": idx.cast(pl.UInt8),
+        "phase": df["phase"], "detail": df["detail"], "src_line": df["src_line"]})
+
+
+def _with_text_fields(df: pl.DataFrame, first_line: int, *, typed: bool = False) -> pl.DataFrame:
+    """Every text field (missing ones as nulls) and ``src_line`` (row i is line first_line + i).
+
+    ``typed``: the numbers of ``df`` are typed, and missing ones are null numbers.
+    """
+    def dtype(c: str) -> pl.DataType:
+        if not typed or c not in NUMBER_FIELDS:
+            return pl.String()
+        return pl.Float64() if c == "time" else pl.UInt64()
+
+    missing = [pl.lit(None, dtype=dtype(c)).alias(c) for c in TEXT_FIELDS if c not in df.columns]
+    return df.with_columns(*missing, src_line=pl.int_range(first_line, first_line + df.height, dtype=pl.UInt64))
 
 
 class CsvImporter:
@@ -170,40 +344,78 @@ class CsvImporter:
                  result: ImportResult) -> Iterator[pl.DataFrame]:
         rows = _Rows(src, info)
         wanted = [c for c in header if c not in IGNORED]
-        line = 2  # the first data row
-        try:
-            reader = pacsv.open_csv(
-                path,
-                read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+        text_types = {c: pa.string() for c in header}
+        number_types = {**text_types, **{c: pa.float64() if c == "time" else pa.uint64()
+                                         for c in NUMBER_FIELDS if c in wanted}}
+        # second try: the sizes, addresses and values as text (4K), the other numbers typed
+        some_text_types = {**number_types, **{c: pa.string() for c in TEXT_NUMBERS if c in wanted}}
+
+        def read(raw: bytes, types: dict) -> pa.Table:
+            return pacsv.read_csv(
+                io.BytesIO(raw),
+                read_options=pacsv.ReadOptions(column_names=header, use_threads=False,
+                                               block_size=max(1 << 20, len(raw) + 1)),
                 parse_options=pacsv.ParseOptions(ignore_empty_lines=False),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in header}, strings_can_be_null=True,
-                    include_columns=wanted),
-            )
-            def texts() -> Iterator[tuple[pa.RecordBatch, int]]:
-                nonlocal line
-                for batch in reader:
-                    yield batch, line
-                    line += batch.num_rows
+                convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                     include_columns=wanted))
 
-            def typed(item: tuple[pa.RecordBatch, int]) -> pl.DataFrame:
-                # the conversion to polars runs in the worker threads too (it copies the strings)
-                batch, first = item
-                text = pl.from_arrow(batch)
-                assert isinstance(text, pl.DataFrame)
-                return rows.typed(text.with_columns(
-                    src_line=pl.int_range(first, first + text.height, dtype=pl.UInt64)))
+        def typed(chunk: tuple[bytes, int, int]) -> pl.DataFrame:
+            # runs in the worker threads: both readers release the GIL
+            raw, first, lines = chunk
+            if not _trimmed_numbers(raw):
+                for types in (number_types, some_text_types):
+                    try:
+                        table = read(raw, types)
+                    except pa.ArrowInvalid:  # a field this read refuses: the next one, or the text path
+                        continue
+                    df = _numbers_from_text(_from_arrow(table)) if table.num_rows == lines else None
+                    if df is None:
+                        break
+                    fast = _typed_fast(_with_text_fields(df, first, typed=True), info.line_size)
+                    if fast is not None:
+                        return rows.finish(fast)
+                    break  # read, but some row breaks a rule: the text path names it
+            return rows.typed(_with_text_fields(_from_arrow(read(raw, text_types)), first))
 
-            with progress(desc=f"reading {path.name}", unit="ev", unit_scale=True, quiet=options.quiet) as bar:
-                for out in checked_in_order(ordered_map(typed, texts()), rows.semantics.check):
-                    result.summary["events"] += out.height
-                    bar.update(out.height)
-                    if out.height:
-                        yield out
+        with open(path, "rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            nl = data.find(b"\n")
+            body = len(data) if nl < 0 else nl + 1  # the first data row (line 2)
+            # pyarrow checks UTF-8 (a bad byte fails the read; _csv_error names its line)
+            chunks = _line_chunks(data, body, 2, src, options.quiet, block=BLOCK_BYTES, check_utf8=False)
+            for out in checked_in_order(ordered_map(typed, chunks), rows.semantics.check):
+                result.summary["events"] += out.height
+                if out.height:
+                    yield out
         except pa.ArrowInvalid as e:
             raise _csv_error(path, src, len(header), e) from None
-        except UnicodeDecodeError:  # pragma: no cover - pyarrow reports invalid UTF-8 as ArrowInvalid
-            raise
+        finally:
+            data.close()
+
+
+def _from_arrow(table: pa.Table) -> pl.DataFrame:
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def _trimmed_numbers(raw: bytes) -> bool:
+    """True when a field of ``raw`` may start or end with a space or tab.
+
+    pyarrow's typed CSV read trims them around numbers (' 5' is 5) while the
+    scenario rules refuse them, so such chunks take the text path. A blank
+    next to a comma, quote or line end is enough to send the chunk there; free
+    text with inner spaces ('dsb sy') is not.
+    """
+    if b" " not in raw and b"\t" not in raw:
+        return False
+    b = np.frombuffer(raw, dtype=np.uint8)
+    at = np.flatnonzero((b == 32) | (b == 9))
+    if at[0] == 0 or at[-1] == len(b) - 1:
+        return True
+    edges = np.array([44, 10, 13, 34], dtype=np.uint8)  # , \n \r "
+    return bool(np.isin(b[at - 1], edges).any() or np.isin(b[at + 1], edges).any())
 
 
 def _csv_error(path: Path, src: str, ncols: int, e: Exception) -> TraceFormatError:
@@ -251,11 +463,14 @@ class JsonlImporter:
         info = trace_info(path, options)
         result = ImportResult(batches=[], info=info, summary={"events": 0})
         result.batches = self._batches(path, src, info, options, result)
+        # numba and the compiled key scan are loaded here, in the calling thread, before any
+        # worker thread runs (~0.3 s once per process; an import racing other threads can deadlock)
+        _load_key_scan()
         return result
 
     def _batches(self, path: Path, src: str, info: TraceInfo, options: ImportOptions,
                  result: ImportResult) -> Iterator[pl.DataFrame]:
-        from .tkt import _byte_chunks
+        from . import tkt
 
         rows = _Rows(src, info)
         struct = pl.Struct({c: pl.String for c in trace_columns() if c not in IGNORED})
@@ -263,26 +478,27 @@ class JsonlImporter:
             data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         first = True
 
-        def chunks() -> Iterator[tuple[bytes, int]]:
+        def chunks() -> Iterator[tuple[bytes, int, int]]:
             nonlocal first
-            for raw, first_line in _byte_chunks(data, src, options.quiet):  # UTF-8 checked there
-                if first:  # field names are checked on the first object
-                    found = _first_object(raw.decode("utf-8"), first_line)
+            for raw, first_line, lines in _line_chunks(data, 0, 1, src, options.quiet, block=tkt.CHUNK_BYTES,
+                                                       check_utf8=True):
+                if first:  # the first object must also name the required fields
+                    found = _first_object(raw, first_line)
                     if found is not None:
                         _check_first_object(found[1], src, found[0])
                         first = False
-                yield raw, first_line
+                yield raw, first_line, lines
 
-        def typed(chunk: tuple[bytes, int]) -> pl.DataFrame:
-            raw, first_line = chunk
-            fast = _read_dense(raw, first_line, struct)
+        def text_path(raw: bytes, first_line: int, lines: int) -> pl.DataFrame:
+            """Numbers as text (hex strings, 4K sizes), blank lines, or a bad line to name."""
+            fast = _read_dense(raw, first_line, lines, struct)
             if fast is not None:
                 return rows.typed(fast)
             text = raw.decode("utf-8")
-            lines = pl.Series([text], dtype=pl.String).str.split("\n").explode()
+            split = pl.Series([text], dtype=pl.String).str.split("\n").explode()
             if text.endswith("\n"):
-                lines = lines.head(lines.len() - 1)
-            df = (pl.DataFrame({"raw": lines})
+                split = split.head(split.len() - 1)
+            df = (pl.DataFrame({"raw": split})
                   .with_row_index("src_line", offset=first_line)
                   .with_columns(pl.col("src_line").cast(pl.UInt64), pl.col("raw").str.strip_chars())
                   .filter(pl.col("raw") != ""))
@@ -300,6 +516,30 @@ class JsonlImporter:
                 _jsonl_object_check(df, src)
             return rows.typed(text_df)
 
+        def typed(chunk: tuple[bytes, int, int]) -> pl.DataFrame:
+            # runs in the worker threads (polars and the compiled key scan release the GIL)
+            raw, first_line, lines = chunk
+            bad = _unknown_key(raw)
+            if bad is not None:
+                rel, cut, key = bad
+                err = TraceFormatError(f"{src}:{first_line + rel}: expected trace-v1 field names "
+                                       f"({', '.join(trace_columns())}), found '{key}'")
+                # the lines before it are checked first (an earlier line's error wins)
+                err.before = typed((raw[:cut], first_line, rel)) if rel else None  # type: ignore[attr-defined]
+                raise err
+            df = None
+            for schema in (JSONL_TYPED, JSONL_SOME_TEXT):
+                try:
+                    df = _numbers_from_text(pl.read_ndjson(raw, schema=schema))
+                    break
+                except pl.exceptions.PolarsError:
+                    continue  # a value this read refuses (or bad JSON): the next one, or the text path
+            if df is not None and df.height == lines:  # fewer rows: a blank line the text path numbers
+                fast = _typed_fast(_with_text_fields(df, first_line, typed=True), info.line_size)
+                if fast is not None:
+                    return rows.finish(fast)
+            return text_path(raw, first_line, lines)
+
         try:
             for out in checked_in_order(ordered_map(typed, chunks()), rows.semantics.check):
                 result.summary["events"] += out.height
@@ -311,39 +551,166 @@ class JsonlImporter:
             data.close()
 
 
-def _read_dense(text: bytes, first_line: int, struct: pl.Struct) -> pl.DataFrame | None:
-    """A chunk with no blank line read by polars' NDJSON reader (row i is line first_line + i).
+#: JSONL read with the numbers typed (JSON numbers only; a string such as "0x10" fails the
+#: chunk's typed read). attr_index is read as Int64 (polars' NDJSON reader has no UInt8), then checked.
+JSONL_TYPED = {"time": pl.Float64, "agent": pl.String, "op": pl.String, "addr": pl.UInt64, "size": pl.UInt64,
+               "cmo": pl.String, "sysreg": pl.String, "value": pl.UInt64, "attr": pl.String, "attr_index": pl.Int64,
+               "phase": pl.String, "detail": pl.String}
+#: The second try: addresses, sizes and values as text ("0x40000000", "4K", or JSON numbers as text).
+JSONL_SOME_TEXT = {**JSONL_TYPED, **{c: pl.String for c in TEXT_NUMBERS}}
 
-    None when the chunk has a blank line or does not parse: the line-by-line
-    path then reads it and names the bad line. (Bytes: searching a str for
-    newlines cost more than parsing the JSON.)
+
+def _read_dense(text: bytes, first_line: int, lines: int, struct: pl.Struct) -> pl.DataFrame | None:
+    """A chunk with no blank line read by polars' NDJSON reader, numbers as text (row i is line first_line + i).
+
+    None when the chunk has a blank line (polars skips it: fewer rows than
+    lines) or does not parse: the line-by-line path then reads it and names
+    the bad line.
     """
-    body = text[:-1] if text.endswith(b"\n") else text
-    if not body or b"\n\n" in body or body.startswith(b"\n"):
-        return None
     try:
-        df = pl.read_ndjson(io.BytesIO(body), schema=dict(struct.to_schema()))
+        df = pl.read_ndjson(text, schema=dict(struct.to_schema()))
     except pl.exceptions.PolarsError:
         return None
-    if df.height != body.count(b"\n") + 1:
+    if df.height != lines:
         return None
     return df.with_columns(src_line=pl.int_range(first_line, first_line + df.height, dtype=pl.UInt64))
 
 
-def _first_object(text: str, first_line: int) -> tuple[int, str] | None:
-    """(line, text) of the first non-blank line of ``text``."""
+# --------------------------------------------------------------------------
+# Every JSONL object's keys: one compiled pass over the chunk's bytes
+
+_KEY_NAMES = tuple(trace_columns())
+_KEY_BYTES = np.frombuffer("".join(_KEY_NAMES).encode(), dtype=np.uint8)
+_KEY_OFFSETS = np.cumsum([0, *(len(k) for k in _KEY_NAMES)]).astype(np.int64)
+_OUTER = np.zeros(256, dtype=np.uint8)  # outside strings: 1 quote, 2 newline, 3 open, 4 close
+_OUTER[ord('"')], _OUTER[ord("\n")] = 1, 2
+_OUTER[ord("{")] = _OUTER[ord("[")] = 3
+_OUTER[ord("}")] = _OUTER[ord("]")] = 4
+_INNER = np.zeros(256, dtype=np.uint8)  # inside strings: 1 end (quote, or a newline: bad JSON), 2 escape
+_INNER[ord('"')] = _INNER[ord("\n")] = 1
+_INNER[ord("\\")] = 2
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _scan_keys(buf, start, depth, names, offsets, outer, inner):  # pragma: no cover - compiled
+    """First key of a top-level object (a string followed by ':' at depth 1) that is not in ``names``.
+
+    Returns (newlines before it, line start, key start, key end, kind): kind 0
+    none found, 2 an unknown key, 1 a key with an escape (Python decodes it).
+    Strings are skipped whole, escapes included, so a value never counts as a key.
+    """
+    n = buf.size
+    lines = 0
+    line_start = start
+    i = start
+    while i < n:
+        cl = outer[buf[i]]
+        if cl == 0:
+            i += 1
+            continue
+        if cl == 1:
+            j = i + 1
+            esc = False
+            while j < n:
+                t = inner[buf[j]]
+                if t == 0:
+                    j += 1
+                elif t == 2:
+                    esc = True
+                    j += 2
+                else:
+                    break
+            if j >= n or buf[j] == 10:
+                i = j
+                continue
+            k = j + 1
+            if depth == 1:
+                while k < n and (buf[k] == 32 or buf[k] == 9 or buf[k] == 13):
+                    k += 1
+                if k < n and buf[k] == 58:
+                    s = i + 1
+                    if esc:
+                        return lines, line_start, s, j, 1
+                    length = j - s
+                    found = False
+                    for q in range(offsets.size - 1):
+                        a = offsets[q]
+                        if offsets[q + 1] - a == length and length > 0 and buf[s] == names[a]:
+                            same = True
+                            for m in range(1, length):
+                                if buf[s + m] != names[a + m]:
+                                    same = False
+                                    break
+                            if same:
+                                found = True
+                                break
+                    if not found:
+                        return lines, line_start, s, j, 2
+            i = k
+            continue
+        if cl == 2:
+            lines += 1
+            depth = 0
+            line_start = i + 1
+        elif cl == 3:
+            depth += 1
+        else:
+            depth -= 1
+        i += 1
+    return lines, line_start, -1, -1, 0
+
+
+_key_scan_ready = threading.Event()
+_key_scan_lock = threading.Lock()
+
+
+def _load_key_scan() -> None:
+    """Import numba and load (or compile) the key scan once, whichever thread asks first."""
+    with _key_scan_lock:
+        if not _key_scan_ready.is_set():
+            _scan_keys(np.frombuffer(b"{}\n", dtype=np.uint8), 0, 0, _KEY_BYTES, _KEY_OFFSETS, _OUTER, _INNER)
+            _key_scan_ready.set()
+
+
+def _unknown_key(raw: bytes) -> tuple[int, int, str] | None:
+    """(line index in the chunk, byte offset of that line, key) of the first key that is no trace-v1 column."""
+    if not _key_scan_ready.is_set():
+        _load_key_scan()
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    pos, depth, lines, start = 0, 0, 0, 0
+    while True:
+        n, line_start, s, e, kind = _scan_keys(buf, pos, depth, _KEY_BYTES, _KEY_OFFSETS, _OUTER, _INNER)
+        lines += n
+        start = line_start if n else start
+        if kind == 0:
+            return None
+        text = raw[s:e].decode("utf-8", errors="replace")
+        if kind == 1:  # a key spelled with escapes: decoded, it may be a column name
+            try:
+                text = json.loads(f'"{text}"')
+            except ValueError:
+                pass
+            if text in _KEY_NAMES:
+                pos, depth = e + 1, 1  # go on after this key, inside the same object
+                continue
+        return lines, start, text
+
+
+def _first_object(raw: bytes, first_line: int) -> tuple[int, str] | None:
+    """(line, text) of the first non-blank line of ``raw`` (only that line is decoded)."""
     pos, line = 0, first_line
-    while pos < len(text):
-        nl = text.find("\n", pos)
-        nl = len(text) if nl < 0 else nl
-        if text[pos:nl].strip():
-            return line, text[pos:nl].strip()
+    while pos < len(raw):
+        nl = raw.find(b"\n", pos)
+        nl = len(raw) if nl < 0 else nl
+        piece = raw[pos:nl].strip()
+        if piece:
+            return line, piece.decode("utf-8")
         pos, line = nl + 1, line + 1
     return None
 
 
 def _check_first_object(raw: str, src: str, line: int) -> None:
-    """Field names are checked on the first object (later ones are read with the same names)."""
+    """The first object is a JSON object naming the required fields (every object's keys are scanned too)."""
     try:
         obj = json.loads(raw)
     except ValueError as e:
