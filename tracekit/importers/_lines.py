@@ -10,16 +10,24 @@ kernels; nothing loops over lines in Python.
 from __future__ import annotations
 
 import io
+import os
+import queue
+import stat
+import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import polars as pl
 
 from .._progress import progress
 from ..errors import TraceFormatError, at
 
-#: Bytes read per batch (about 0.5-1 M lines of QEMU log).
-BATCH_BYTES = 48 << 20
+T = TypeVar("T")
+
+#: Bytes read per batch (about 150-250 k lines of QEMU log). Batches this size keep the
+#: columns of a batch in cache better than bigger ones and let the read-ahead thread
+#: overlap more of the decoding (measured: 16 MB beat 48 MB and 8 MB).
+BATCH_BYTES = 16 << 20
 
 #: trace-v1 columns an importer fills (``seq`` is ingest's), with their polars types.
 EVENT_COLUMNS: dict[str, pl.DataType] = {
@@ -43,51 +51,148 @@ EVENT_COLUMNS: dict[str, pl.DataType] = {
 
 
 def iter_line_batches(path: Path, *, batch_bytes: int | None = None, quiet: bool = True,
-                      desc: str = "") -> Iterator[pl.DataFrame]:
+                      desc: str = "", prepare: Callable[[pl.DataFrame], T] | None = None) -> Iterator[Any]:
     """Yield frames ``(line: str, src_line: u64)`` covering the file in order.
 
     A final line without a newline is kept; ``\\r`` before a newline is dropped;
     bytes that are not UTF-8 are replaced (U+FFFD) rather than failing the read.
+    The next batch is read (and passed through ``prepare``, when given, whose results
+    are yielded instead) in a worker thread while the caller decodes this one:
+    polars releases the GIL, so reading and decoding share the cores.
     """
+    return prefetch(_line_batches(path, batch_bytes=batch_bytes, quiet=quiet, desc=desc), prepare)
+
+
+def _line_batches(path: Path, *, batch_bytes: int | None, quiet: bool, desc: str) -> Iterator[pl.DataFrame]:
     batch_bytes = batch_bytes or BATCH_BYTES
-    size = path.stat().st_size
+    st = path.stat()
     first = 1
-    carry = b""
-    with open(path, "rb") as f, progress(total=size, desc=desc or path.name, unit="B",
+    with open(path, "rb") as f, progress(total=st.st_size, desc=desc or path.name, unit="B",
                                          unit_scale=True, quiet=quiet) as bar:
-        while True:
-            block = f.read(batch_bytes)
+        regular = stat.S_ISREG(st.st_mode)  # (a pipe cannot be read at an offset)
+        blocks = _blocks_regular(f.fileno(), batch_bytes) if regular else _blocks_stream(f, batch_bytes)
+        for block in blocks:
             bar.update(len(block))
-            if not block:
-                if carry:
-                    yield _frame(carry, first)
-                return
-            block = carry + block
-            cut = block.rfind(b"\n")
-            if cut < 0:
-                carry = block
-                continue
-            carry = block[cut + 1:]
-            df = _frame(block[:cut], first)
+            df = _frame(block, first)
             first += df.height
             yield df
 
 
+def _blocks_regular(fd: int, batch_bytes: int) -> Iterator[bytes]:
+    """Blocks of whole lines (each ends with its newline, except a last line without one).
+
+    The end of a block (the first newline at or after ``batch_bytes``) is found with a
+    small read ahead, so each block is read once into its own buffer: no joining of a
+    carried partial line, no slicing copy.
+    """
+    pos = 0
+    while True:
+        end = pos + batch_bytes
+        while True:  # the first newline at or after ``end`` (a line may be longer than one probe)
+            probe = os.pread(fd, _PROBE, end)
+            nl = probe.find(b"\n")
+            if nl >= 0:
+                end += nl + 1
+                break
+            end += len(probe)
+            if len(probe) < _PROBE:  # end of file: the last line has no newline
+                break
+        block = os.pread(fd, end - pos, pos)
+        while len(block) < end - pos:  # a short read (not expected for regular files)
+            more = os.pread(fd, end - pos - len(block), pos + len(block))
+            if not more:
+                break
+            block += more
+        if not block:
+            return
+        yield block
+        pos += len(block)
+
+
+def _blocks_stream(f: BinaryIO, batch_bytes: int) -> Iterator[bytes]:
+    """:func:`_blocks_regular` for pipes and other unseekable inputs: cut at the last newline."""
+    carry = b""
+    while True:
+        block = f.read(batch_bytes)
+        if not block:
+            if carry:
+                yield carry
+            return
+        block = carry + block
+        cut = block.rfind(b"\n")
+        if cut < 0:
+            carry = block
+            continue
+        carry = block[cut + 1:]
+        yield block[:cut + 1]
+
+
+def prefetch(items: Iterator[Any], prepare: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+    """``prepare(x)`` (or ``x``) for each of ``items``, produced one step ahead in a worker thread.
+
+    Order is kept; an exception raised by ``items`` or ``prepare`` is raised here when its
+    item is due (so errors come in input order, after everything before them). At most
+    one finished item waits, so memory stays bounded (three batches at most: one being
+    decoded, one waiting, one being read). Closing this generator early stops the worker.
+    """
+    q: queue.Queue[tuple[int, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: tuple[int, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in items:
+                if not put((0, prepare(x) if prepare is not None else x)):
+                    return
+            put((1, None))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((2, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="tracekit-read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == 1:
+                return
+            if kind == 2:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        worker.join()
+
+
+#: Bytes read ahead to find where a block ends.
+_PROBE = 64 << 10
+
+
 def _frame(block: bytes, first: int) -> pl.DataFrame:
+    """The lines of ``block`` (whole lines; the last may lack its newline) as a frame."""
     # polars' CSV reader with a separator and quote that never occur in text logs
-    # splits lines on all cores; blank lines come back as nulls (kept: they count).
-    if not block:
-        lines = pl.Series("line", [""], dtype=pl.String)
-    elif b"\x1f" in block:  # the separator occurs: fall back to a plain split
+    # splits lines on all cores; blank lines come back as nulls (kept: they count). The
+    # newline ending the block ends its last line: one row per line, as many as newlines
+    # (plus the last line when the block does not end with a newline).
+    if b"\x1f" in block:  # the separator occurs: fall back to a plain split
         text = block.decode("utf-8", errors="replace")
-        lines = pl.Series("line", [text], dtype=pl.String).str.split("\n").explode()
+        lines = pl.Series("line", [text[:-1] if text.endswith("\n") else text], dtype=pl.String) \
+            .str.split("\n").explode()
     else:
         lines = pl.read_csv(io.BytesIO(block), has_header=False, separator="\x1f", quote_char=None,
                             schema={"line": pl.String}, encoding="utf8-lossy",
                             truncate_ragged_lines=True)["line"].fill_null("")
-        want = block.count(b"\n") + 1  # the reader drops trailing empty lines: put them back
-        if lines.len() < want:
-            lines = pl.concat([lines, pl.Series("line", [""] * (want - lines.len()), dtype=pl.String)])
     if block.find(b"\r") >= 0:
         lines = lines.str.strip_suffix("\r")
     n = lines.len()

@@ -69,21 +69,26 @@ def split_prefix(lines: pl.DataFrame) -> pl.DataFrame:
     The prefixes are ASCII, so the byte offsets of ``find`` are character offsets.
     """
     line = pl.col("line")
-    flags = lines.select(line.str.contains(TID_PREFIX).alias("_t"), line.str.contains(ISO_PREFIX).alias("_i"))
+    t = lines.select(line.str.contains(TID_PREFIX).alias("_t"))
+    if t["_t"].all() or not lines.select(line.str.contains("Z ", literal=True).any()).item():
+        # every line has the other prefix, or none has the "Z " that ends an ISO one: skip its test
+        flags = t.with_columns(pl.lit(False).alias("_i"))
+    else:
+        flags = t.with_columns(lines.select(line.str.contains(ISO_PREFIX).alias("_i")))
     has_t, has_i = bool(flags["_t"].any()), bool(flags["_i"].any())
     if not (has_t or has_i):
         return lines.with_columns(pl.lit(None, pl.Int64).alias("tid"), pl.lit(None, pl.Float64).alias("time"),
                                   line.alias("rest"))
     df = lines.with_columns(flags)
     if has_t and not has_i and flags["_t"].all():  # every line has the TID@SEC.USEC: prefix
-        df = df.with_columns(line.str.find("@", literal=True).alias("_at"),
-                             line.str.find(":", literal=True).alias("_c"))
+        # cut at the first ':' (the prefix's), then its head at the '@'
+        df = df.with_columns(line.str.splitn(":", 2).alias("_s"))
+        df = df.with_columns(pl.col("_s").struct.field("field_0").str.splitn("@", 2).alias("_p"),
+                             pl.col("_s").struct.field("field_1").alias("rest"))
         return df.with_columns(
-            line.str.slice(0, pl.col("_at")).cast(pl.Int64, strict=False).alias("tid"),
-            line.str.slice(pl.col("_at") + 1, pl.col("_c") - pl.col("_at") - 1).cast(pl.Float64, strict=False)
-            .alias("time"),
-            line.str.slice(pl.col("_c") + 1).alias("rest"),
-        ).drop("_t", "_i", "_at", "_c")
+            pl.col("_p").struct.field("field_0").cast(pl.Int64, strict=False).alias("tid"),
+            pl.col("_p").struct.field("field_1").cast(pl.Float64, strict=False).alias("time"),
+        ).select(*lines.columns, "tid", "time", "rest")
     tid = time = rest = None
     if has_t:
         df = df.with_columns(line.str.find("@", literal=True).alias("_at"),
@@ -147,6 +152,8 @@ def classify(lines: pl.DataFrame, event_names: list[str] | set[str]) -> pl.DataF
         df = df.with_columns(k.alias("kind"))
     is_ev = pl.col("_ev")
     body = pl.when(pl.col("_sp").is_null()).then(pl.lit("")).otherwise(rest.str.slice(pl.col("_sp") + 1))
+    if not df["_ev"].any():  # no trace event in the batch (an execlog): nothing to cut
+        name = body = pl.lit(None, pl.String)
     return df.with_columns(
         pl.when(is_ev).then(name).alias("ev_name"),
         pl.when(is_ev).then(body).alias("ev_body"),

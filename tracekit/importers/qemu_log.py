@@ -43,9 +43,10 @@ from ..errors import TraceFormatError, UsageError
 from ..model import ATTR_ALIASES, CMO_OPS, OPS, Region, TraceInfo
 from . import qemu_interleaved as qi
 from .base import ImportOptions, ImportResult
-from ._lines import fail_first, finish, iter_line_batches
-from .tcg_plugin import PluginState, current_vcpu_column, decode_execlog, decode_memcsv
-from .trace_events import EventTable, decode_args, fast_regex, load_table
+from ._lines import EVENT_COLUMNS, fail_first, finish, iter_line_batches, side_expr
+from .tcg_plugin import (PluginState, current_vcpu_column, decode_execlog, decode_memcsv, execlog_mem_items,
+                         split_execlog_rows, suffix_register_rows)
+from .trace_events import EventTable, fast_regex, load_table_lazily
 
 
 # --------------------------------------------------------------------------
@@ -168,9 +169,16 @@ class EventState:
             self.counts[key] = self.counts.get(key, 0) + int(n)
 
 
-def _host_agent() -> pl.Expr:
-    """QEMU threads are ``host.<tid>`` (``host.0`` when the log has no thread ids)."""
-    return pl.format("host.{}", pl.col("tid").fill_null(0))
+def _host_agent(tids: list[int] | None = None) -> pl.Expr:
+    """QEMU threads are ``host.<tid>`` (``host.0`` when the log has no thread ids).
+
+    ``tids``: every thread id of the rows, when known: each row then looks its text up
+    (a log has a few threads) instead of formatting it.
+    """
+    tid = pl.col("tid").fill_null(0)
+    if tids is None:
+        return pl.format("host.{}", tid)
+    return tid.replace_strict({t: f"host.{t}" for t in {0, *tids}}, return_dtype=pl.String)
 
 
 def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, EventMapping],
@@ -182,7 +190,8 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
     """
     if rows.height == 0:
         return pl.DataFrame()
-    host = pl.col("host_agent") if "host_agent" in rows.columns else _host_agent()
+    host = pl.col("host_agent") if "host_agent" in rows.columns else _host_agent(
+        rows["tid"].drop_nulls().unique().to_list())
     if not rows["_line"].is_sorted():
         rows = rows.sort("_line")
     # NVMe transfer direction, in file order
@@ -207,27 +216,33 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
     for (name,), sub in sorted(groups.items()):
         sub = sub.drop("ev_name")
         state.bump(f"event:{name}", sub.height)
+        # arguments the mapping reads: a user mapping may name any; an unmapped event
+        # (a marker) needs none, so its lines are only matched (no captures)
+        used = None if name in mapping else _USED_ARGS.get(name, frozenset())
         for d in table.definitions(name):
-            matched, fields = decode_args(pl.col("ev_body"), d)
-            if d.fields:  # one regex pass: every group is mandatory, so a match fills the first
+            keep = [f for f, _ in d.fields if used is None or f in used]
+            if keep:  # one regex pass: every group is mandatory, so a match fills any kept one
                 # the one-pass form first (same captures where it matches), then the exact regex
                 for rx in filter(None, (fast_regex(d), d.regex)):
                     x = sub.with_columns(pl.col("ev_body").str.extract_groups(rx).alias("_g"))
-                    hit = x.select(pl.col("_g").struct.field(d.fields[0][0]).is_not_null())
+                    hit = x.select(pl.col("_g").struct.field(keep[0]).is_not_null())
                     if hit.to_series().all():
                         ok, sub = x, x.clear().drop("_g")
                     else:
                         ok = x.filter(hit.to_series())
                         sub = x.filter(~hit.to_series()).drop("_g")
-                    ok = ok.with_columns(_typed(d, "_g")).drop("_g")
+                    ok = ok.with_columns(_typed(d, "_g", keep)).drop("_g")
                     if ok.height:
                         out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))
                     if sub.height == 0:
                         break
             else:
-                x = sub.with_columns(matched.alias("_m"))
-                ok = x.filter(pl.col("_m")).drop("_m")
-                sub = x.filter(~pl.col("_m")).drop("_m")
+                matched = pl.col("ev_body").str.contains(d.regex)
+                m = sub.select(matched).to_series()
+                if m.all():
+                    ok, sub = sub, sub.clear()
+                else:
+                    ok, sub = sub.filter(m), sub.filter(~m)
                 if ok.height:
                     out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))
             if sub.height == 0:
@@ -241,10 +256,22 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
     return pl.concat(out, how="diagonal_relaxed")
 
 
-def _typed(d, col: str) -> list[pl.Expr]:
+def _typed(d, col: str, only: list[str] | None = None) -> list[pl.Expr]:
     """Typed argument columns from the struct of ``extract_groups`` (see trace_events.decode_args)."""
     from .trace_events import typed_fields
-    return typed_fields(pl.col(col), d)
+    return typed_fields(pl.col(col), d, only)
+
+
+#: The arguments :func:`_map_event` reads, per event it maps (without a user mapping);
+#: other arguments of these events, and every argument of other events, are not converted.
+_USED_ARGS: dict[str, frozenset[str]] = {
+    "memory_region_ops_read": frozenset({"cpu_index", "addr", "value", "size", "name"}),
+    "memory_region_ops_write": frozenset({"cpu_index", "addr", "value", "size", "name"}),
+    "kvm_set_user_memory": frozenset({"as", "slot", "guest_phys_addr", "memory_size", "flags", "ret"}),
+    "address_space_map": frozenset({"addr", "len", "is_write"}),
+    "pci_nvme_map_addr": frozenset({"addr", "len"}),
+    "smmuv3_translate_success": frozenset({"translated", "perm"}),
+}
 
 
 def _fw_cfg_dma(df: pl.DataFrame, state: EventState) -> pl.DataFrame:
@@ -274,20 +301,32 @@ def _fw_cfg_dma(df: pl.DataFrame, state: EventState) -> pl.DataFrame:
     why = pl.format("fw_cfg DMA (synthesised from the kick at line {}): ", "src_line")
     return pl.concat([
         k.select(pl.col("_line"), pl.lit(1, pl.Int64).alias("_sub"), "src_line", "time",
-                 pl.lit("host.fwcfg").alias("agent"), pl.lit("read").alias("op"), pl.col("_d").alias("addr"),
+                 pl.lit("host.fwcfg").alias("agent"), pl.lit("host").alias("side"), pl.lit("read").alias("op"),
+                 pl.col("_d").alias("addr"),
                  pl.lit(16, pl.UInt64).alias("size"),
                  pl.concat_str([why, pl.lit("read the descriptor")]).alias("detail")),
         k.select(pl.col("_line"), pl.lit(2, pl.Int64).alias("_sub"), "src_line", "time",
-                 pl.lit("host.fwcfg").alias("agent"), pl.lit("write").alias("op"), pl.col("_d").alias("addr"),
+                 pl.lit("host.fwcfg").alias("agent"), pl.lit("host").alias("side"), pl.lit("write").alias("op"),
+                 pl.col("_d").alias("addr"),
                  pl.lit(4, pl.UInt64).alias("size"), pl.lit(0, pl.UInt64).alias("value"),
                  pl.concat_str([why, pl.lit("write the control word (done); the data copy is not traced")])
                  .alias("detail")),
     ], how="diagonal_relaxed")
 
 
-def _base(df: pl.DataFrame, agent: pl.Expr, op: str | pl.Expr) -> list[pl.Expr]:
+def _base(df: pl.DataFrame, agent: pl.Expr, op: str | pl.Expr, side: pl.Expr | None = None) -> list[pl.Expr]:
+    """The common columns; ``side`` (the agent's side) defaults to the host thread's."""
+    if side is None:
+        side = _host_side(df)
     return [pl.col("_line"), pl.lit(0, pl.Int64).alias("_sub"), pl.col("src_line"), pl.col("time"),
-            agent.alias("agent"), (pl.lit(op) if isinstance(op, str) else op).alias("op")]
+            agent.alias("agent"), side.alias("side"), (pl.lit(op) if isinstance(op, str) else op).alias("op")]
+
+
+def _host_side(df: pl.DataFrame) -> pl.Expr:
+    """``side`` of the host-thread agent: ``host.<tid>`` (null where ftrace's ``host_agent`` is)."""
+    if "host_agent" in df.columns:
+        return pl.when(pl.col("host_agent").is_not_null()).then(pl.lit("host"))
+    return pl.lit("host")  # _host_agent() is never null
 
 
 def _map_event(name: str, df: pl.DataFrame, fields: set[str], mapping: dict[str, EventMapping],
@@ -299,19 +338,23 @@ def _map_event(name: str, df: pl.DataFrame, fields: set[str], mapping: dict[str,
         cols = fields | {"tid"}
         agent = _template(m.agent, cols, where)
         return df.select(
-            *_base(df, agent, m.op),
+            *_base(df, agent, m.op, side_expr(agent)),
             _arg(m.addr, cols, where).alias("addr"), _arg(m.size, cols, where).alias("size"),
             _arg(m.value, cols, where).alias("value"), pl.lit(m.cmo).alias("cmo"),
             pl.lit(m.sysreg).alias("sysreg"), pl.lit(m.attr).alias("attr"), detail)
     if name in ("memory_region_ops_read", "memory_region_ops_write"):
         op = "read" if name.endswith("read") else "write"
-        agent = pl.when(pl.col("cpu_index") >= 0).then(pl.format("guest.{}", "cpu_index")).otherwise(host)
+        cpus = df["cpu_index"].drop_nulls().unique().to_list()  # a few: look the texts up
+        guest = pl.col("cpu_index").replace_strict({c: f"guest.{c}" for c in cpus}, default=None,
+                                                   return_dtype=pl.String)
+        agent = pl.when(pl.col("cpu_index") >= 0).then(guest).otherwise(host)
         span = df.group_by("name").agg(pl.col("addr").min().alias("lo"),
                                        (pl.col("addr") + pl.col("size").clip(1)).max().alias("hi"))
         for nm, lo, hi in span.iter_rows():
             cur = state.mmio.setdefault(nm, [lo, hi])
             cur[0], cur[1] = min(cur[0], lo), max(cur[1], hi)
-        out = df.select(*_base(df, agent, op), "addr", pl.col("size").clip(1), "value", detail)
+        side = pl.when(pl.col("cpu_index") >= 0).then(pl.lit("guest")).otherwise(_host_side(df))
+        out = df.select(*_base(df, agent, op, side), "addr", pl.col("size").clip(1), "value", detail)
         if op == "write":
             dma = _fw_cfg_dma(df, state)
             if dma.height:
@@ -414,14 +457,14 @@ class QemuLogImporter:
     def read(self, path: Path, options: ImportOptions) -> ImportResult:
         path = Path(path)
         src = str(path)
-        table = load_table(options.trace_events)
+        table = load_table_lazily(options.trace_events)  # (an installed file: parsed when an event needs it)
         mapping = load_mapping(options.mapping)
-        unknown_mapped = sorted(set(mapping) - set(table.events))
+        unknown_mapped = sorted(set(mapping) - set(table.names()))
         gmap = None
         if options.guest_map is not None:
             from .guest_map import load_guest_map
             gmap = load_guest_map(options.guest_map)
-        names = set(table.events) | set(mapping)
+        names = set(table.names()) | set(mapping)
         line_size = options.line_size or 64
         ev_state = EventState()
         pl_state = PluginState()
@@ -438,8 +481,19 @@ class QemuLogImporter:
             # Lines after the last execlog line of a batch go with the next batch: the next
             # execlog line is placed before them, and a -d cpu dump is read with the line after it.
             held = None
-            for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):
+            def classified(lines: pl.DataFrame) -> tuple[pl.DataFrame, tuple[pl.DataFrame, ...] | None]:
+                # runs a batch ahead, in the reading thread: each line's shape, and the
+                # fields, memory items and register values of the execlog lines (the lines
+                # held for the next batch hold none)
                 df = qi.classify(lines, names).with_columns(pl.col("src_line").alias("_line"))
+                is_x = df["kind"] == "execlog"
+                if not is_x.any():
+                    return df, None
+                split = split_execlog_rows(df.filter(is_x).select("_line", "src_line", "time", "rest"))
+                return df, (split, execlog_mem_items(split), suffix_register_rows(split.lazy()).collect())
+
+            for df, split in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}",
+                                               prepare=classified):
                 if options.strict:
                     qi.check_strict(df, src)
                 qi.count_kinds(df, kinds)
@@ -456,7 +510,7 @@ class QemuLogImporter:
                 elif pl_state.last_execlog_line is not None and df.height < HOLD_LIMIT:
                     held = df  # the next execlog line may belong before all of these
                     continue
-                yield decode_log_frame(df, table, mapping, ev_state, pl_state, src, line_size, gmap)
+                yield decode_log_frame(df, table, mapping, ev_state, pl_state, src, line_size, gmap, split)
             if held is not None and held.height:
                 yield decode_log_frame(held, table, mapping, ev_state, pl_state, src, line_size, gmap)
 
@@ -497,11 +551,15 @@ def _info(options: ImportOptions, regions: tuple[Region, ...], path: Path | None
 
 def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, EventMapping],
                      ev_state: EventState, pl_state: PluginState, src: str, line_size: int,
-                     gmap: Any = None) -> pl.DataFrame:
-    """One classified batch of a QEMU log -> trace-v1 rows in file order."""
+                     gmap: Any = None, split: tuple[pl.DataFrame, ...] | None = None) -> pl.DataFrame:
+    """One classified batch of a QEMU log -> trace-v1 rows in file order.
+
+    ``split``: the execlog lines of ``df`` already cut into fields, their memory items and
+    register values (tcg_plugin.split_execlog_rows, execlog_mem_items, suffix_register_rows).
+    """
     parts = []
-    is_ev = df["kind"] == "event"
-    ev = df if is_ev.all() else df.filter(is_ev)
+    present = set(df["kind"].unique().to_list())
+    ev = df if present == {"event"} else df.filter(pl.col("kind") == "event")
     if not pl_state.mmio_traced and ev.select((pl.col("ev_name").str.starts_with("memory_region_ops_")
                                                & ~pl.col("ev_body").str.starts_with("cpu -")).any()).item():
         pl_state.mmio_traced = True
@@ -509,15 +567,25 @@ def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, Eve
         out = decode_event_rows(ev, table, mapping, ev_state, src)
         if out.height:
             parts.append(out)
-    need_plugin = bool(df["kind"].is_in(["execlog", "mem-csv", "cpu-dump"]).any())
-    if need_plugin:
+    if "execlog" in present and split is not None and not present & {"exec", "mem-csv", "cpu-dump"}:
+        # execlog lines only (already cut into fields): no line needs the vCPU of the line
+        # before it; the last vCPU seen carries to the next batch (as current_vcpu_column)
+        seen = split[0]["vcpu"].drop_nulls()
+        if seen.len():
+            pl_state.current_vcpu = int(seen[-1])
+        no_dumps = split[0].select("_line", "src_line", "time", "rest", pl.lit("cpu-dump").alias("kind"),
+                                   pl.lit(None, pl.Int64).alias("vcpu")).clear()
+        out = decode_execlog(split[0], no_dumps, pl_state, src, line_size, gmap, split)
+        if out.height:
+            parts.append(out)
+    elif present & {"execlog", "mem-csv", "cpu-dump"}:
         small = df.select("_line", "src_line", "time", "rest", "kind").filter(
             pl.col("kind").is_in(["execlog", "exec", "mem-csv", "cpu-dump"]))
         small = small.with_columns(current_vcpu_column(small, pl_state).alias("vcpu"))
         dumps = small.filter(pl.col("kind") == "cpu-dump").with_columns(pl.col("vcpu").fill_null(0))
         ex = small.filter(pl.col("kind") == "execlog")
         if ex.height or dumps.height:
-            out = decode_execlog(ex, dumps, pl_state, src, line_size, gmap)
+            out = decode_execlog(ex, dumps, pl_state, src, line_size, gmap, split)
             if out.height:
                 parts.append(out)
         mc = small.filter(pl.col("kind") == "mem-csv")
@@ -525,20 +593,27 @@ def decode_log_frame(df: pl.DataFrame, table: EventTable, mapping: dict[str, Eve
             parts.append(decode_memcsv(mc, pl_state, src))
     if not parts:
         return pl.DataFrame()
-    out = pl.concat(parts, how="diagonal_relaxed")
-    if "_oline" not in out.columns:
-        out = out.with_columns(pl.lit(None, pl.UInt64).alias("_oline"), pl.lit(None, pl.Int64).alias("_osub"))
-    out = out.with_columns(pl.coalesce("_oline", "_line").alias("_oline"), pl.coalesce("_osub", "_sub").alias("_osub"))
+    out = parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")
     # one integer key: _osub is 0..1200, an execlog row's _oline is unique per line
-    key = pl.col("_oline").cast(pl.UInt64) * 4096 + pl.col("_osub").cast(pl.UInt64)
+    if "_oline" in out.columns:
+        key = (pl.coalesce("_oline", "_line").cast(pl.UInt64) * 4096
+               + pl.coalesce("_osub", "_sub").cast(pl.UInt64))
+    else:  # no execlog rows: each row stays at its own line
+        key = pl.col("_line").cast(pl.UInt64) * 4096 + pl.col("_sub").cast(pl.UInt64)
     # Order by the integer key alone (its arg-sort), then only gather; rows sharing a key
-    # (none in practice) are ordered by their line, as a sort on (key, _line) would.
-    out = out.with_columns(key.alias("_key"))
-    order = out.select(pl.int_range(pl.len(), dtype=pl.UInt32).sort_by("_key", maintain_order=True))[:, 0]
-    out = out[order]
-    if out.select(((pl.col("_key").diff() == 0) & (pl.col("_line").diff() < 0)).any()).item():
-        out = out.sort(["_key", "_line"], maintain_order=True)
-    return finish(out, src)
+    # (none in practice) are ordered by their line, as a sort on (key, _line) would. Only
+    # the output columns are gathered (finish first).
+    # the parts come in many chunks: one copy into contiguous columns makes the rest cheaper
+    out = out.rechunk()
+    keys = out.select(key.alias("_key"), "_line")
+    order = keys.select(pl.int_range(pl.len(), dtype=pl.UInt32).sort_by("_key", maintain_order=True))[:, 0]
+    if order.is_sorted():
+        return finish(out, src)
+    keys = keys[order]
+    if keys.select(((pl.col("_key").diff() == 0) & (pl.col("_line").diff() < 0)).any()).item():
+        return finish(out.with_columns(key.alias("_key")).sort(["_key", "_line"], maintain_order=True), src)
+    # gather only the columns that carry values (finish adds the constant and null ones)
+    return finish(out.select([c for c in out.columns if c in EVENT_COLUMNS])[order], src)
 
 
 __all__ = ["QemuLogImporter", "IMPORTER", "load_mapping", "decode_event_rows", "EventState", "EventMapping"]

@@ -145,6 +145,7 @@ class PluginState:
     last_execlog_line: int | None = None  # src line of the last execlog line seen
     mmio_traced: bool = False  # memory_region_ops events with cpu >= 0 are in the log
     counts: dict[str, int] = field(default_factory=dict)
+    disassembly: pl.DataFrame | None = None  # decoded disassembly texts (_decoded_disassembly)
 
     def bump(self, key: str, n: int) -> None:
         if n:
@@ -245,6 +246,9 @@ def instruction_effects(dis: pl.DataFrame) -> pl.DataFrame:
     ).drop("_d1", "_d2", "_w32", "_sh", "_t", "_isimm", "_nodest", "_two", "_m", "_imm")
 
 
+#: ``side`` of the rows whose agent is ``guest.<vcpu>`` (given here: finish need not derive it).
+_GUEST_SIDE = pl.when(pl.col("vcpu").is_not_null()).then(pl.lit("guest")).alias("side")
+
 _KIND_CODE = {"set": 0, "lane": 1, "clobber": 2, "add": 3, "copy": 4}
 
 
@@ -283,7 +287,30 @@ def _regscan(vc, rc, kind, val, has, lane, src, w32, sv, sk):  # pragma: no cove
     return out_v, out_k
 
 
-def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState) -> pl.DataFrame:
+def suffix_register_rows(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """The register values of execlog ``reg -> 0xVALUE`` suffixes, as replay rows (register_writes).
+
+    Needs ``vcpu``, ``_line`` and ``suffix`` only: each line on its own, so the importer
+    computes it a batch ahead, in its reading thread.
+    """
+    return (
+        rows.filter(pl.col("suffix").str.contains(" -> ", literal=True))
+        .select("vcpu", "_line", pl.col("suffix").str.extract_all(REG_ITEM).alias("m")).explode("m").drop_nulls("m")
+        # each item matched REG_ITEM (", NAME -> 0xHEX", NAME without spaces): cut at " -> 0x"
+        .with_columns(pl.col("m").str.find(" -> 0x", literal=True).alias("_a"))
+        .select("vcpu", _xreg(pl.col("m").str.slice(2, pl.col("_a") - 2)).alias("reg"),
+                (pl.col("_line").cast(pl.Int64) * 4 + 2).alias("key"),
+                pl.col("m").str.slice(pl.col("_a") + 6).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+                .alias("val"))
+        .filter(pl.col("reg").is_not_null() & (pl.col("reg") != "xzr"))
+        .select("vcpu", pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"), "key",
+                pl.lit(_KIND_CODE["set"], pl.Int64).alias("k"), pl.col("val").fill_null(0).alias("x"),
+                pl.col("val").is_not_null().alias("h"), pl.lit(0, pl.Int64).alias("l"),
+                pl.lit(32, pl.Int64).alias("s"), pl.lit(False).alias("w")))
+
+
+def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState,
+                    suffix_regs: pl.DataFrame | None = None) -> pl.DataFrame:
     """The value of every general-purpose register after each point of the log, as far as known.
 
     Sources, in order of a line: what the instruction does (``movz``/``mov #imm``/``movn``/
@@ -293,6 +320,7 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
     execlog ``reg -> 0x`` suffix of that line, which wins. ``-d cpu`` dumps set every x
     register. The replay is sequential (one register feeds another): one compiled loop.
     Returns ``vcpu, reg, key, rval`` (key = 4 * line + order in the line), rval null if unknown.
+    ``suffix_regs``: :func:`suffix_register_rows` of ``g``, when already done.
     """
     key1 = (pl.col("_line").cast(pl.Int64) * 4 + 1).alias("key")
     ints = {"vcpu": pl.Int64, "r": pl.Int64, "key": pl.Int64, "k": pl.Int64, "x": pl.UInt64, "h": pl.Boolean,
@@ -313,16 +341,7 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
         gl.filter(pl.col("w_r2").is_not_null()).select("vcpu", pl.col("w_r2").alias("r"), key1, *clob),
         gl.filter(pl.col("wb_r").is_not_null()).select("vcpu", pl.col("wb_r").alias("r"), key1, *clob),
         # execlog register suffixes (value after the instruction)
-        gl.filter(pl.col("suffix").str.contains(" -> ", literal=True))
-        .select("vcpu", "_line", pl.col("suffix").str.extract_all(REG_ITEM).alias("m")).explode("m").drop_nulls("m")
-        .select("vcpu", _xreg(pl.col("m").str.extract(r"^, ([A-Za-z_][\w.]*) ->", 1)).alias("reg"),
-                (pl.col("_line").cast(pl.Int64) * 4 + 2).alias("key"),
-                hex_u64(pl.col("m").str.extract(r"-> 0x([0-9a-fA-F]+)$", 1)).alias("val"))
-        .filter(pl.col("reg").is_not_null() & (pl.col("reg") != "xzr"))
-        .select("vcpu", pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"), "key",
-                pl.lit(_KIND_CODE["set"], pl.Int64).alias("k"), pl.col("val").fill_null(0).alias("x"),
-                pl.col("val").is_not_null().alias("h"), pl.lit(0, pl.Int64).alias("l"),
-                pl.lit(32, pl.Int64).alias("s"), pl.lit(False).alias("w")),
+        suffix_regs.lazy() if suffix_regs is not None else suffix_register_rows(gl),
         # -d cpu dumps
         _dump_keys(dump_obs, g).lazy().select(
             "vcpu", pl.col("reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("r"), "key",
@@ -339,6 +358,18 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
          "l": [0] * len(carried), "s": [32] * len(carried), "w": [False] * len(carried)}, schema=ints))
     obs = pl.concat([p.cast(ints) for p in parts]).sort("key", maintain_order=True).collect()
     vcpus = sorted(set(obs["vcpu"].unique().to_list()) | {v for v, _ in state.regs})
+    if obs.height and obs.select(pl.col("k").is_in([_KIND_CODE["set"], _KIND_CODE["clobber"]]).all()).item():
+        # Only whole-register writes (no movk lane, no add/mov from another register): no
+        # value depends on an earlier one, so each row's value is its own and the replay
+        # is not needed. Same results as _regscan.
+        obs = obs.with_columns(pl.when((pl.col("k") == _KIND_CODE["set"]) & pl.col("h")).then(pl.col("x"))
+                               .cast(pl.UInt64).alias("rval"))
+        last = {(v, r): x for v, r, x in obs.unique(["vcpu", "r"], keep="last", maintain_order=True)
+                .select("vcpu", "r", "rval").iter_rows()}
+        obs = obs.with_columns(pl.col("r").replace_strict(_REG_NAME, default="xzr", return_dtype=pl.String)
+                               .alias("reg"))
+        state.regs = {(v, r): last.get((v, c)) for v in vcpus for r, c in _REG_CODE.items() if c < 32}
+        return obs.select("vcpu", "reg", "key", "rval")
     vidx = {v: i for i, v in enumerate(vcpus)}
     sv = np.zeros((max(1, len(vcpus)), 33), np.uint64)
     sk = np.zeros((max(1, len(vcpus)), 33), np.bool_)
@@ -361,8 +392,10 @@ def register_writes(g: pl.DataFrame, dump_obs: pl.DataFrame, state: PluginState)
 
 def current_vcpu_column(df: pl.DataFrame, state: PluginState) -> pl.Series:
     """The vCPU of the nearest preceding execlog / ``Trace N:`` line, for lines that name none."""
+    # (the regex reads only the exec lines: the text is null on the others)
     v = (pl.when(pl.col("kind") == "execlog").then(pl.col("rest").str.slice(0, pl.col("rest").str.find(",", literal=True)))
-         .when(pl.col("kind") == "exec").then(pl.col("rest").str.extract(r"^(?:Trace|Chain) (\d+):", 1))
+         .when(pl.col("kind") == "exec").then(
+             pl.when(pl.col("kind") == "exec").then(pl.col("rest")).str.extract(r"^(?:Trace|Chain) (\d+):", 1))
          .cast(pl.Int64, strict=False))
     s = df.select(v.forward_fill().alias("v"))["v"]
     if state.current_vcpu is not None:
@@ -427,30 +460,26 @@ def _dump_keys(dump_obs: pl.DataFrame, g: pl.DataFrame) -> pl.DataFrame:
 
 
 def _split_execlog(df: pl.DataFrame) -> pl.DataFrame:
-    """``V, 0xPC, 0xOP, "DISAS"SUFFIX`` -> vcpu, pc, disas, suffix (find/slice kernels).
+    """``V, 0xPC, 0xOP, "DISAS"SUFFIX`` -> vcpu, pc, disas, suffix (split kernels).
 
-    The classifier already matched the head (``^\\d+, 0x[0-9a-fA-F]+, 0x[0-9a-fA-F]+, "``,
-    ASCII, so byte offsets are character offsets): the fields are cut at the found
-    separators; capture groups or splits into new columns over millions of lines
-    would cost more than the rest of the decoding.
+    The classifier already matched the head (``^\\d+, 0x[0-9a-fA-F]+, 0x[0-9a-fA-F]+, "``):
+    the fields are cut at the separators (``"`` around the disassembly, ``, `` between
+    the head's fields); capture groups over millions of lines would cost more than the
+    rest of the decoding.
     """
     rest = pl.col("rest")
-    df = df.with_columns(rest.str.find(", ", literal=True).alias("_c1"),
-                         rest.str.find(_OPCODE_AT).alias("_c2"),
-                         rest.str.find('"', literal=True).alias("_q"))
+    df = df.with_columns(rest.str.splitn('"', 3).alias("_q"))
+    df = df.with_columns(  # the part before the quote: "V, 0xPC, 0xOP, "
+        pl.col("_q").struct.field("field_0").str.split_exact(", ", 2).alias("_h"),
+        pl.col("_q").struct.field("field_1").alias("disas"),
+        pl.col("_q").struct.field("field_2").alias("suffix"))
     df = df.with_columns(
-        rest.str.slice(0, pl.col("_c1")).cast(pl.Int64, strict=False).alias("vcpu"),
-        rest.str.slice(pl.col("_c1") + 4, pl.col("_c2") - pl.col("_c1") - 4)
-        .str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("pc"),
-        rest.str.slice(pl.col("_q") + 1).alias("_t"))  # after the opening quote
-    df = df.with_columns(pl.col("_t").str.find('"', literal=True).alias("_e"))
-    return df.with_columns(pl.col("_t").str.slice(0, pl.col("_e")).alias("disas"),
-                           pl.col("_t").str.slice(pl.col("_e") + 1).alias("suffix")).drop(
-        "_c1", "_c2", "_q", "_t", "_e")
-
-
-#: Where the opcode field starts (``, 0xOP, "``): the end of the PC field.
-_OPCODE_AT = r', 0x[0-9a-fA-F]+, "'
+        pl.col("_h").struct.field("field_0").cast(pl.Int64, strict=False).alias("vcpu"),
+        pl.col("_h").struct.field("field_1").str.slice(2).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+        .alias("pc"))
+    # (no closing quote: null suffix, which the caller reports)
+    fields = ("vcpu", "pc", "disas", "suffix")
+    return df.select(*[c for c in df.columns if c not in ("_q", "_h", *fields)], *fields)
 
 
 def _operands(df: pl.DataFrame) -> pl.DataFrame:
@@ -464,14 +493,102 @@ def _operands(df: pl.DataFrame) -> pl.DataFrame:
         pl.when(pl.col("op1") == "").then(None).otherwise(pl.col("op1")).alias("op1"))
 
 
-def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, src: str,
-                   line_size: int, gmap: "GuestMap | None" = None) -> pl.DataFrame:
-    """execlog lines (``_line``, ``src_line``, ``rest``, ``time``) -> event rows with ``_line``/``_sub``."""
+def split_execlog_rows(rows: pl.DataFrame) -> pl.DataFrame:
+    """execlog lines (``_line``, ``src_line``, ``time``, ``rest``) cut into their fields.
+
+    Adds ``vcpu``, ``pc``, ``disas``, ``suffix`` and ``_usual`` (the suffix has the usual
+    shape). Each line on its own: the importer does this a batch ahead, in its reading
+    thread, and hands the result to :func:`decode_execlog`.
+    """
     g = _split_execlog(rows.select("_line", "src_line", "time", "rest"))
     # A suffix is memory items then register items. The usual shape (system mode: every
-    # memory item names its device) is one DFA test; the others get the exact check:
-    # nothing may be left once the memory items, then the register items, are removed.
-    g = g.with_columns(pl.col("suffix").str.contains(_USUAL_SUFFIX).alias("_usual"))
+    # memory item names its device) is one DFA test; the others get the exact check
+    # (decode_execlog): nothing may be left once the memory items, then the register
+    # items, are removed.
+    return g.with_columns(pl.col("suffix").str.contains(_USUAL_SUFFIX).alias("_usual"))
+
+
+_HAS_MEM = (pl.col("suffix").str.contains(", load, ", literal=True)
+            | pl.col("suffix").str.contains(", store, ", literal=True))
+#: Columns of an instruction that its memory items carry.
+_ITEM_COLS = ["_line", "_oline", "src_line", "time", "vcpu", "disas", "total"]
+
+
+def execlog_mem_items(split: pl.DataFrame) -> pl.DataFrame:
+    """The memory items of the usual-shape suffixes of :func:`split_execlog_rows` rows.
+
+    One row per item, as :func:`_mem_items` gives them, without the instruction's
+    ``_oline`` and ``total`` (decode_execlog adds them). Each line on its own, so the
+    importer does this a batch ahead, in its reading thread.
+    """
+    return _mem_items(split.filter(_HAS_MEM & pl.col("_usual")).select(
+        *[c for c in _ITEM_COLS if c in split.columns], "suffix"))
+
+
+#: Distinct disassembly texts whose decoding is kept from one batch to the next.
+DISASSEMBLY_CACHE = 1 << 16
+
+
+def _decoded_disassembly(texts: pl.DataFrame, state: "PluginState") -> pl.DataFrame:
+    """What each distinct disassembly text (``texts``: one ``disas`` column) means, for the join.
+
+    Texts decoded in earlier batches are taken from ``state.disassembly`` (a function of
+    the text alone); the cache starts again from this batch's texts when it would pass
+    DISASSEMBLY_CACHE rows, so memory stays bounded.
+    """
+    cache = state.disassembly
+    new = texts if cache is None else texts.filter(~pl.col("disas").is_in(cache["disas"].implode()))
+    if new.height == 0 and cache is not None:
+        return cache
+    if cache is not None and cache.height + new.height > DISASSEMBLY_CACHE:
+        cache, new = None, texts
+    dis = _decode_disassembly(new)
+    state.disassembly = dis if cache is None else pl.concat([cache, dis], how="vertical_relaxed")
+    return state.disassembly
+
+
+def _decode_disassembly(texts: pl.DataFrame) -> pl.DataFrame:
+    """Mnemonic, access size, system register, maintenance op and register effects of each text."""
+    dis = _operands(texts)
+    dis = instruction_effects(dis.with_columns(size_from_disassembly(pl.col("disas")).alias("total")))
+    is_msr = (pl.col("mn") == "msr") & pl.col("op1").is_in(list(SYSREG_NAMES))
+    is_dc = pl.col("mn") == "dc"
+    is_ic = pl.col("mn") == "ic"
+    dis = dis.with_columns(
+        pl.when(is_msr).then(pl.col("op1").replace_strict(SYSREG_NAMES, default=None)).alias("sysreg"),
+        pl.when(is_dc).then(pl.col("op1").replace_strict({**DC_BY_VA, **DC_SET_WAY}, default=None))
+        .when(is_ic).then(pl.col("op1").replace_strict(IC_OPS, default=None)).alias("cmo"),
+        # the register whose value the instruction uses
+        pl.when(is_msr | is_dc | is_ic).then(_xreg(pl.col("op2"))).alias("use_reg"),
+        pl.col("mn").is_in(["dsb", "dmb", "isb", "sb", "ssbb", "pssbb"]).alias("is_bar"),
+        # register effects as integer codes for the replay (register_writes)
+        pl.col("w_kind").replace_strict(_KIND_CODE, default=None, return_dtype=pl.Int64).alias("w_k"),
+        pl.col("w_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_r"),
+        pl.col("w_src").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_s"),
+        pl.when(pl.col("w_reg2").is_not_null())
+        .then(pl.col("w_reg2").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("w_r2"),
+        pl.when(pl.col("wb_reg").is_not_null())
+        .then(pl.col("wb_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("wb_r"),
+        # a barrier's detail: its text, words joined by dots ("dsb.sy")
+        pl.when(pl.col("mn").is_in(["dsb", "dmb", "isb", "sb", "ssbb", "pssbb"]))
+        .then(pl.col("disas").str.strip_chars().str.replace_all(r"\s+", ".")).alias("bar_detail"),
+    ).select("disas", "total", "sysreg", "cmo", "use_reg", "is_bar", "w_k", "w_r", "w_s", "w_val", "w_lane",
+             "w_32", "w_r2", "wb_r", "bar_detail")
+    return dis
+
+
+def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, src: str,
+                   line_size: int, gmap: "GuestMap | None" = None,
+                   split: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame] | None = None) -> pl.DataFrame:
+    """execlog lines (``_line``, ``src_line``, ``rest``, ``time``) -> event rows with ``_line``/``_sub``.
+
+    ``split``: :func:`split_execlog_rows` of ``rows``, and :func:`execlog_mem_items` and
+    :func:`suffix_register_rows` of that, when already done.
+    """
+    if split is not None and split[0].height == rows.height:
+        g, items, suffix_regs = split
+    else:
+        g, items, suffix_regs = split_execlog_rows(rows), None, None
     leftover = (pl.col("suffix").str.replace_all(MEM_SUFFIX, "").str.replace_all(REG_ITEM, ""))
     bad = g.filter(pl.col("vcpu").is_null() | pl.col("pc").is_null() | pl.col("disas").is_null()
                    | ~pl.col("_usual"))
@@ -494,35 +611,15 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
         pl.lit(prev0, pl.UInt64) if prev0 is not None else pl.col("_line") - 1))
     if g.height:
         state.last_execlog_line = int(g["_line"].max())
-    # instruction texts repeat (loops): decode each distinct disassembly once
-    dis = _operands(g.select(pl.col("disas").unique()))
-    dis = instruction_effects(dis.with_columns(size_from_disassembly(pl.col("disas")).alias("total")))
-    is_msr = (pl.col("mn") == "msr") & pl.col("op1").is_in(list(SYSREG_NAMES))
-    is_dc = pl.col("mn") == "dc"
-    is_ic = pl.col("mn") == "ic"
-    dis = dis.with_columns(
-        pl.when(is_msr).then(pl.col("op1").replace_strict(SYSREG_NAMES, default=None)).alias("sysreg"),
-        pl.when(is_dc).then(pl.col("op1").replace_strict({**DC_BY_VA, **DC_SET_WAY}, default=None))
-        .when(is_ic).then(pl.col("op1").replace_strict(IC_OPS, default=None)).alias("cmo"),
-        # the register whose value the instruction uses
-        pl.when(is_msr | is_dc | is_ic).then(_xreg(pl.col("op2"))).alias("use_reg"),
-        pl.col("mn").is_in(["dsb", "dmb", "isb", "sb", "ssbb", "pssbb"]).alias("is_bar"),
-        # register effects as integer codes for the replay (register_writes)
-        pl.col("w_kind").replace_strict(_KIND_CODE, default=None, return_dtype=pl.Int64).alias("w_k"),
-        pl.col("w_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_r"),
-        pl.col("w_src").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64).alias("w_s"),
-        pl.when(pl.col("w_reg2").is_not_null())
-        .then(pl.col("w_reg2").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("w_r2"),
-        pl.when(pl.col("wb_reg").is_not_null())
-        .then(pl.col("wb_reg").replace_strict(_REG_CODE, default=32, return_dtype=pl.Int64)).alias("wb_r"),
-    ).select("disas", "total", "sysreg", "cmo", "use_reg", "is_bar", "w_k", "w_r", "w_s", "w_val", "w_lane",
-             "w_32", "w_r2", "wb_r")
+    # instruction texts repeat (loops): decode each distinct disassembly once, and keep the
+    # decoded texts for the next batches (up to DISASSEMBLY_CACHE of them)
+    dis = _decoded_disassembly(g.select(pl.col("disas").unique()), state)
     g = g.join(dis, on="disas", how="left", maintain_order="left")
     # value written by msr: a suffix naming the sysreg itself wins
     own = pl.col("suffix").str.extract(r", (?:sctlr|mair|tcr|ttbr0|ttbr1)_el12? -> 0x([0-9a-fA-F]+)", 1)
     needed = g["use_reg"].drop_nulls().unique().to_list()
     dump_obs = register_observations(dumps, [r for r in needed if r != "xzr"])
-    obs = register_writes(g, dump_obs, state)
+    obs = register_writes(g, dump_obs, state, suffix_regs)
     needs = g.filter(pl.col("use_reg").is_not_null()).select(
         "_line", "vcpu", pl.col("use_reg").alias("reg"), hex_u64(own).alias("own"),
         (pl.col("_line").cast(pl.Int64) * 4).alias("key"))
@@ -581,12 +678,20 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
     g = g.with_columns(pl.when(pl.col("pc_pa") < too_big).then(pl.col("pc_pa")).alias("pc_pa"),
                        pl.when(pl.col("va_pa") < too_big).then(pl.col("va_pa")).alias("va_pa"))
     gl = g.lazy()
+    # the agent of every row, "guest.<vcpu>": one text per vCPU, looked up (not formatted per row)
+    vcpus = g["vcpu"].drop_nulls().unique().to_list()
+    agent = pl.col("vcpu").replace_strict({v: f"guest.{v}" for v in vcpus}, default=None,
+                                          return_dtype=pl.String).alias("agent")
 
     # --- memory accesses
-    has_mem = (pl.col("suffix").str.contains(", load, ", literal=True)
-               | pl.col("suffix").str.contains(", store, ", literal=True))
-    cols = ["_line", "_oline", "src_line", "time", "vcpu", "disas", "total"]
-    acc = _mem_items(gl.filter(has_mem & pl.col("_usual")).select(*cols, "suffix").collect())
+    has_mem = _HAS_MEM
+    cols = _ITEM_COLS
+    if items is not None:  # items cut ahead: add the instruction's _oline and total (g is in line order)
+        at = g["_line"].search_sorted(items["_line"], side="left")
+        acc = items.with_columns(g.select("_oline", "total")[at]).select(
+            *cols, *[c for c in items.columns if c not in cols])
+    else:
+        acc = _mem_items(gl.filter(has_mem & pl.col("_usual")).select(*cols, "suffix").collect())
     if not g["_usual"].all():
         acc = pl.concat([acc, _mem_items_exact(gl.filter(has_mem & ~pl.col("_usual")).select(*cols, "suffix")
                                                 .collect())])
@@ -603,8 +708,9 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
     state.bump("execlog_accesses_mmio", n[1])
     state.bump("execlog_mmio_also_traced", n[2])
     accesses = acc.select(
-        "_line", "_oline", (pl.col("k") + 1).cast(pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", "vcpu").alias("agent"),
+        "_line", "_oline", (pl.col("k") + 1).cast(pl.Int64).alias("_sub"),
+        (pl.col("k") + 1001).cast(pl.Int64).alias("_osub"), "src_line", "time",
+        agent, _GUEST_SIDE,
         pl.when(dup).then(pl.lit("marker"))
         .when(pl.col("dir") == "store").then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
         pl.when(~dup).then(pl.col("addr")).alias("addr"), pl.when(~dup).then(pl.col("size")).alias("size"),
@@ -617,8 +723,8 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
 
     # --- instruction fetches where the PC's physical address is known
     ifetch = gl.filter(pl.col("pc_pa").is_not_null()).select(
-        "_line", "_oline", pl.lit(0, pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", "vcpu").alias("agent"), pl.lit("ifetch").alias("op"),
+        "_line", "_oline", pl.lit(0, pl.Int64).alias("_sub"), pl.lit(1000, pl.Int64).alias("_osub"), "src_line", "time",
+        agent, _GUEST_SIDE, pl.lit("ifetch").alias("op"),
         pl.col("pc_pa").alias("addr"), pl.lit(4, pl.UInt64).alias("size")).collect()
     state.bump("execlog_instructions", g.height)
     state.bump("execlog_ifetch_emitted", ifetch.height)
@@ -629,8 +735,9 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
         "_line", "_oline", "src_line", "time", "vcpu", "sysreg", "regval", "disas").collect()
     known = pl.col("regval").is_not_null()
     sysreg = sysw.select(
-        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", "vcpu").alias("agent"),
+        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), pl.lit(1100, pl.Int64).alias("_osub"), "src_line",
+        "time",
+        agent, _GUEST_SIDE,
         pl.when(known).then(pl.lit("sysreg")).otherwise(pl.lit("marker")).alias("op"),
         pl.when(known).then(pl.col("sysreg")).alias("sysreg"),
         pl.col("regval").alias("value"),
@@ -645,8 +752,9 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
     pa_known = by_va & pl.col("va_pa").is_not_null()
     mask = ~pl.lit(line_size - 1, pl.UInt64)
     cmo = cm.select(
-        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", "vcpu").alias("agent"),
+        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), pl.lit(1100, pl.Int64).alias("_osub"), "src_line",
+        "time",
+        agent, _GUEST_SIDE,
         pl.when(~by_va | pa_known).then(pl.lit("cmo")).otherwise(pl.lit("marker")).alias("op"),
         pl.when(~by_va | pa_known).then(pl.col("cmo")).alias("cmo"),
         pl.when(pa_known).then(pl.col("va_pa") & mask).alias("addr"),
@@ -661,16 +769,31 @@ def decode_execlog(rows: pl.DataFrame, dumps: pl.DataFrame, state: PluginState, 
 
     # --- barriers
     bar = gl.filter(pl.col("is_bar")).select(
-        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", "vcpu").alias("agent"), pl.lit("barrier").alias("op"),
-        pl.col("disas").str.strip_chars().str.replace_all(r"\s+", ".").alias("detail")).collect()
+        "_line", "_oline", pl.lit(100, pl.Int64).alias("_sub"), pl.lit(1100, pl.Int64).alias("_osub"), "src_line",
+        "time",
+        agent, _GUEST_SIDE, pl.lit("barrier").alias("op"),
+        pl.col("bar_detail").alias("detail")).collect()
 
     # --- carry state to the next batch
     if sctlr_w.height:
         for v, val in sctlr_w.group_by("vcpu").agg(pl.col("sctlr").last()).iter_rows():
             state.sctlr[int(v)] = int(val)
-    out = pl.concat([ifetch, accesses, sysreg, cmo, bar], how="diagonal_relaxed")
-    return out.with_columns((pl.col("_sub") + 1000).alias("_osub"))
+    # ``_osub`` (= ``_sub`` + 1000: after the events placed at ``_oline`` itself) is set in each part.
+    # The parts get one schema, so concatenating them only appends (no relaxed, diagonal concat).
+    return pl.concat(_same_schema([ifetch, accesses, sysreg, cmo, bar]), how="vertical")
+
+
+def _same_schema(frames: list[pl.DataFrame]) -> list[pl.DataFrame]:
+    """``frames`` with the union of their columns (first-seen order), missing ones null, types unified."""
+    schema: dict[str, pl.DataType] = {}
+    for f in frames:
+        for name, dtype in f.schema.items():
+            if name not in schema or schema[name] == pl.Null:
+                schema[name] = dtype
+            elif dtype != schema[name] and dtype != pl.Null:
+                return [pl.concat(frames, how="diagonal_relaxed")]
+    return [f.select([pl.col(n).cast(t) if n in f.columns else pl.lit(None, t).alias(n) for n, t in schema.items()])
+            for f in frames]
 
 
 def _count(df: pl.DataFrame, cond: pl.Expr) -> int:
@@ -682,9 +805,41 @@ def _mem_items(acc: pl.DataFrame) -> pl.DataFrame:
     """One row per memory item of suffixes in the usual shape (``, load|store, 0xADDR, DEVICE``...).
 
     There ``, load, `` / ``, store, `` occur only where an item starts (devices and
-    register items hold no ``, ``), so literal replaces mark the items; each item is
-    ``load 0xADDR, DEVICE[, REG -> 0xVAL...]`` and is cut with find/slice.
+    register items hold no ``, ``). A suffix with one item (most) is cut where it is;
+    the others are split at the items first (literal replaces mark them), each item
+    being ``load 0xADDR, DEVICE[, REG -> 0xVAL...]``, cut with find/slice.
+    The rows come single items first (callers order the accesses by line).
     """
+    sfx = pl.col("suffix")
+    one = acc.select((sfx.str.count_matches(", load, ", literal=True)
+                      + sfx.str.count_matches(", store, ", literal=True)) == 1).to_series()
+    if one.all():
+        return _single_items(acc)
+    if not one.any():
+        return _split_items(acc)
+    return pl.concat([_single_items(acc.filter(one)), _split_items(acc.filter(~one))], how="vertical")
+
+
+def _single_items(acc: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_mem_items` of suffixes holding one memory item: ``, load|store, 0xADDR, DEVICE...``."""
+    sfx = pl.col("suffix")
+    acc = acc.with_columns(sfx.str.starts_with(", store, ").alias("_st"))
+    at = pl.when(pl.col("_st")).then(pl.lit(11)).otherwise(pl.lit(10))  # after ", store, 0x" / ", load, 0x"
+    acc = acc.with_columns(sfx.str.slice(at).alias("_t")).drop("suffix")
+    acc = acc.with_columns(pl.col("_t").str.find(", ", literal=True).alias("_c"))
+    acc = acc.with_columns(
+        pl.lit(1, pl.UInt32).alias("n_acc"), pl.lit(0, pl.Int64).alias("k"),
+        pl.when(pl.col("_st")).then(pl.lit("store")).otherwise(pl.lit("load")).alias("dir"),
+        pl.col("_t").str.slice(0, pl.col("_c")).str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("addr"),
+        pl.col("_t").str.slice(pl.col("_c") + 2).alias("_d"))
+    acc = acc.with_columns(pl.col("_d").str.find(", ", literal=True).alias("_e"))
+    return acc.with_columns(
+        pl.when(pl.col("_e").is_null()).then(pl.col("_d")).otherwise(pl.col("_d").str.slice(0, pl.col("_e")))
+        .alias("device")).drop("_t", "_st", "_c", "_d", "_e")
+
+
+def _split_items(acc: pl.DataFrame) -> pl.DataFrame:
+    """:func:`_mem_items` of any usual-shape suffixes (several items: one row each)."""
     acc = acc.with_columns(
         pl.col("suffix").str.replace_all(", load, ", "|load ", literal=True)
         .str.replace_all(", store, ", "|store ", literal=True).str.split("|").list.slice(1).alias("m")).drop("suffix")
@@ -739,7 +894,7 @@ def decode_memcsv(rows: pl.DataFrame, state: PluginState, src: str) -> pl.DataFr
     val = pl.col("value")
     return g.select(
         "_line", pl.lit(1, pl.Int64).alias("_sub"), "src_line", "time",
-        pl.format("guest.{}", pl.col("vcpu").fill_null(0)).alias("agent"),
+        pl.format("guest.{}", pl.col("vcpu").fill_null(0)).alias("agent"), pl.lit("guest").alias("side"),
         pl.when(pl.col("type") == "store").then(pl.lit("write")).otherwise(pl.lit("read")).alias("op"),
         pl.when(user).then(va).otherwise(hw).alias("addr"),
         (bits // 8).alias("size"),
@@ -769,7 +924,8 @@ class QemuPluginImporter:
         return QemuLogImporter().read(path, options)
 
 
-__all__ = ["QemuPluginImporter", "IMPORTER", "size_from_disassembly", "decode_execlog", "decode_memcsv"]
+__all__ = ["QemuPluginImporter", "IMPORTER", "size_from_disassembly", "decode_execlog", "decode_memcsv",
+           "split_execlog_rows", "execlog_mem_items", "suffix_register_rows"]
 
 
 IMPORTER = QemuPluginImporter()

@@ -264,6 +264,71 @@ def load_table(path: Path | None) -> EventTable:
     return _add_variants(parse_text(text, str(path)))
 
 
+class LazyEventTable:
+    """The :class:`EventTable` of an installed trace-events-all, parsed on first use.
+
+    Its event names are known at once (a cheap pass over the file): classifying lines
+    needs only them, and a log without trace events (an execlog) never pays for
+    building a regex per event of the ~6000 in QEMU's file.
+    """
+
+    def __init__(self, path: Path, names: set[str]):
+        self.path = str(path)
+        self._path = path
+        self._names = names
+        self._table: EventTable | None = None
+
+    def table(self) -> EventTable:
+        if self._table is None:
+            self._table = load_table(self._path)
+        return self._table
+
+    @property
+    def events(self) -> dict[str, EventDef]:
+        return self.table().events
+
+    @property
+    def variants(self) -> dict[str, list[EventDef]]:
+        return self.table().variants
+
+    def names(self) -> list[str]:
+        return sorted(self._names)
+
+    def definitions(self, name: str) -> list[EventDef]:
+        return self.table().definitions(name)
+
+
+def load_table_lazily(path: Path | None) -> "EventTable | LazyEventTable":
+    """:func:`load_table`, deferring the parse of an installed file (``path`` None) to first use.
+
+    A file named by the user is read at once (its errors surface at once). An installed
+    file whose lines do not all have the ``NAME(ARGS)`` shape is read at once too (it
+    then fails as :func:`load_table` does).
+    """
+    if path is not None:
+        return load_table(path)
+    found = next((p for p in DEFAULT_PATHS if p.is_file()), None)
+    if found is None:
+        return load_table(None)
+    try:
+        text = found.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return load_table(found)  # reports it
+    names: set[str] = set()
+    for line in text.splitlines():
+        st = line.strip()
+        if not st or st.startswith("#"):
+            continue
+        m = _LINE_RE.match(st)
+        if m is None:
+            return load_table(found)  # reports it
+        names.add(m.group(2))
+    names.update(NAME_ONLY)
+    for extra in (_KVM_SET_USER_MEMORY_V2, _KVM_SET_USER_MEMORY_V1B, _SMMUV3_OLD, BUILTIN_SIGNATURES):
+        names.update(parse_text(extra, "<tracekit built-in signatures>").events)
+    return LazyEventTable(found, names)
+
+
 def decode_args(body: pl.Expr, ev: EventDef) -> tuple[pl.Expr, list[pl.Expr]]:
     """``(matched, [typed field expressions])`` reading ``body`` (the text after the name).
 
@@ -305,10 +370,12 @@ _LAZY_STR = re.compile(r"(\(\?P<\w+>)\.\*\?\)")
 _fast_cache: dict[str, str | None] = {}
 
 
-def typed_fields(groups: pl.Expr, ev: EventDef) -> list[pl.Expr]:
-    """The fields of an ``extract_groups`` struct of ``ev``, each converted to its type."""
+def typed_fields(groups: pl.Expr, ev: EventDef, only: list[str] | None = None) -> list[pl.Expr]:
+    """The fields of an ``extract_groups`` struct of ``ev`` (or those named in ``only``), typed."""
     out = []
     for name, kind in ev.fields:
+        if only is not None and name not in only:
+            continue
         g = groups.struct.field(name)
         if kind == "int":
             e = dec_i64(g)
