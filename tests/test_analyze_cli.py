@@ -153,3 +153,17 @@ def test_report_format_comes_from_the_suffix_or_is_asked_for(tmp_path):
     r = run("analyze", BOOT, "--report", tmp_path / "r.xyz", "-q")
     assert r.exit_code == 2 and "r.xyz: cannot tell the report format" in r.stderr
     assert not (tmp_path / "r.xyz").exists()
+
+
+def test_a_missing_or_broken_parquet_is_a_message_not_a_traceback(tmp_path):
+    """Regression: the memory-budget check opened a missing .parquet before anything else and
+    raised FileNotFoundError out of the CLI."""
+    missing = run("analyze", tmp_path / "gone.parquet", "-m", "none")
+    assert missing.exit_code == 2
+    assert "gone.parquet" in missing.output and "no such file" in missing.output
+    assert not isinstance(missing.exception, FileNotFoundError)
+    broken = tmp_path / "broken.parquet"
+    broken.write_text("not parquet\n")
+    res = run("analyze", broken, "-m", "none")
+    assert res.exit_code == 2 and "broken.parquet" in res.output
+    assert "Traceback" not in res.output

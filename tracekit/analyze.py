@@ -152,7 +152,8 @@ def analyze(
     frames, costs, transformed = [], {}, {}
     for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
         mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
-        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True))
+        extra = {"reuse": len(specs) > 1} if engine == "fast" else {}
+        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra))
         costs[spec] = cost
         if keep_transformed:
             transformed[spec] = mitigated

@@ -86,8 +86,14 @@ def estimated_bytes(events: int, mitigations: int = 1) -> int:
 
 
 def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int, mitigations: int = 1) -> bool:
-    """Whether analysing the trace whole under ``mitigations`` specs would need more than ``budget_bytes``."""
-    rows = pq.ParquetFile(trace_path).metadata.num_rows
+    """Whether analysing the trace whole under ``mitigations`` specs would need more than ``budget_bytes``.
+
+    A path that is not a readable Parquet file is not partitioned: loading it reports what is wrong.
+    """
+    try:
+        rows = pq.ParquetFile(trace_path).metadata.num_rows
+    except (OSError, pa.ArrowException):
+        return False
     return estimated_bytes(rows, mitigations) > budget_bytes
 
 

@@ -114,6 +114,7 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     code = np.where(zva, WRITE, code).astype(np.int8)
     line, pos, attr = K.explode(ev["pos"], ev["addr"], ev["size"], zva, code, ev["path"], ev["eff"], ev["hostc"],
                                 ev["ram"], info.line_size)
+    del ev, code, zva  # ~30 bytes an event: freed before the sort, which is the peak
     n = len(line)
     if n == 0:
         return Pieces(line, pos, attr)
@@ -122,6 +123,7 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     if int(line.max() - lmin) < (1 << (63 - bits)):
         # one packed integer key per piece: (line - min) << bits | index, unique, sorted in place
         key = K.packed_order(line, lmin, bits)
+        del line  # the key holds it
         key.sort()
         return Pieces(*K.sorted_pieces(key, bits, lmin, pos, attr))
     # lines too far apart to pack: a stable sort on the line keeps position order within a line
@@ -281,17 +283,21 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
 
     seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
     sub = events["sub"].to_numpy().astype(np.int64, copy=False)
-    # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
-    kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
-            | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
-            | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
-            | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
     recorded = sub == 0
-    count, total, xor = K.recorded_checksum(
-        seq, sub, events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-        events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-        events["addr"].is_not_null().to_numpy(), kind)
-    key = (info.line_size, info.stage2, int(count), int(total), int(xor))
+    key = None
+    if not reuse:
+        _LAST = None  # a layout kept for another trace is only memory now
+    else:
+        # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
+        kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
+                | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
+                | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
+                | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
+        count, total, xor = K.recorded_checksum(
+            seq, sub, events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+            events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+            events["addr"].is_not_null().to_numpy(), kind)
+        key = (info.line_size, info.stage2, int(count), int(total), int(xor))
     inserted = np.flatnonzero(~recorded)
     layout = _LAST if reuse else None
     if layout is not None and layout.key == key:
@@ -320,14 +326,16 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
 
 
 def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
-           speculation: str = "architectural", compact: bool = False) -> pl.DataFrame:
+           speculation: str = "architectural", compact: bool = False, reuse: bool = True) -> pl.DataFrame:
     """Findings of a resolved (and mitigated) frame; identical to ``reference.replay``.
 
     ``compact``: string columns as Enum/Categorical (``schema.polars_schema``), as `analyze` keeps them.
+    ``reuse``: keep (and use) the recorded events' per-line layout for the next mitigation of the
+    same trace; a single replay need not pay the memory.
     """
     if speculation not in ("architectural", "observed"):
         raise UsageError(f"--speculation: expected architectural or observed, found {speculation!r}")
     events = _sorted(events)
-    pieces = pieces_of(events, info)
+    pieces = pieces_of(events, info, reuse=reuse)
     raw = scan(pieces, global_ops(events, info), events.height, info, speculation)
     return findings_frame(raw, pieces, events, info, mitigation, compact)
