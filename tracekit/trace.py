@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -73,8 +74,10 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
         md = schema.read_metadata(p)
         if md.get("schema") != schema.schema_doc(schema.TRACE_SCHEMA)["name"]:
             raise TracekitError(f"{p}: expected a trace file (schema tracekit-trace), found {md.get('schema')!r}")
-        events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
-        return Trace(events, info, str(p), file_sha256(p))
+        with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps the read
+            digest = pool.submit(file_sha256, p)
+            events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
+            return Trace(events, info, str(p), digest.result())
     events, info = ingest_frame(paths, format=format, concat=concat, options=options)
     if len(info.inputs) == 1:
         digest = info.inputs[0].sha256
