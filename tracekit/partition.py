@@ -38,7 +38,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import UsageError
@@ -111,6 +110,8 @@ _ACCESS_OPS = pa.array(["read", "write", "ifetch"])
 
 def _line_events(t: pa.Table | pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of the line events of a batch, their first byte and their size (at least 1)."""
+    import pyarrow.compute as pc  # only the partitioned path needs it (40 ms to import)
+
     op = t.column("op")
     cmo = t.column("cmo")
     line_cmo = pc.fill_null(pc.and_(pc.equal(op, "cmo"), pc.is_in(cmo, pa.array(_LINE_CMOS))), False)
@@ -245,6 +246,8 @@ def _split_batch(t: pa.Table, owners: Owners) -> tuple[list[tuple[int, pa.Table]
         ends = np.concatenate([cuts, [len(rows)]])
         for s0, e0 in zip(starts, ends):
             out.append((int(owner[s0]), t.take(pa.array(rows[s0:e0]))))
+    import pyarrow.compute as pc
+
     op = t.column("op")
     cmo = t.column("cmo")
     glob = pc.or_(pc.is_in(op, pa.array(_GLOBAL_OPS)),

@@ -40,11 +40,14 @@ def analyze(
     kinds remain, 2 for bad input.
     """
     from ..analyze import analyze as run, expand_mitigations, write_transformed
-    from ..reports.gate import gate, gate_message, parse_kinds
     from ..schema import check_output
     from ..trace import load
 
-    kinds = parse_kinds(fail_on) if fail_on else ()
+    kinds: tuple = ()
+    if fail_on:
+        from ..reports.gate import gate, gate_message, parse_kinds
+
+        kinds = parse_kinds(fail_on)
     for out in (output, emit_trace, report):
         if out is not None:
             check_output(out, force=force)
