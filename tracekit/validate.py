@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from typing import NamedTuple
+
 import polars as pl
 
 from .errors import TraceFormatError
@@ -318,26 +320,48 @@ def _size_fast(s: pl.Series) -> pl.Series | None:
     return frame["_size_v"].rename(s.name) if ok else None
 
 
+class BatchNames(NamedTuple):
+    """The distinct names of a batch's columns (Series, attrs a list)."""
+
+    agents: pl.Series
+    ops: pl.Series
+    cmos: pl.Series
+    sysregs: pl.Series
+    attrs: list
+
+
+def batch_names(df: pl.DataFrame) -> BatchNames | None:
+    """The distinct agent, op, cmo, sysreg and attr names of a batch when all are valid, else None.
+
+    The fast paths check the few distinct names once each; on None the exact
+    checks run and name the first bad line.
+    """
+    agents = df["agent"].unique()
+    if agents.null_count() or not agents.str.contains(AGENT_RE).all():
+        return None
+    ops = df["op"].unique()
+    if ops.null_count() or not ops.is_in(list(OPS)).all():
+        return None
+    cmos = df["cmo"].drop_nulls().unique()
+    if not cmos.is_in(list(CMO_OPS)).all():
+        return None
+    sysregs = df["sysreg"].drop_nulls().unique()
+    if not sysregs.str.contains(SYSREG_RE).all():
+        return None
+    attrs = df["attr"].drop_nulls().unique().to_list()
+    if any(a not in ATTR_ALIASES for a in attrs):
+        return None
+    return BatchNames(agents, ops, cmos, sysregs, attrs)
+
+
 def _fast_typed(df: pl.DataFrame, line_size: int, keep: tuple[str, ...]) -> pl.DataFrame | None:
     """See :meth:`Fields.fast`."""
     n = df.height
     agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
-    # the few distinct names of a batch, checked once each
-    agents = agent_t.unique()
-    if agents.null_count() or not agents.str.contains(AGENT_RE).all():
+    names = batch_names(df)
+    if names is None:
         return None
-    ops = op_t.unique()
-    if ops.null_count() or not ops.is_in(list(OPS)).all():
-        return None
-    cmos = cmo_t.drop_nulls().unique()
-    if not cmos.is_in(list(CMO_OPS)).all():
-        return None
-    sysregs = sysreg_t.drop_nulls().unique()
-    if not sysregs.str.contains(SYSREG_RE).all():
-        return None
-    attrs = attr_t.drop_nulls().unique().to_list()
-    if any(a not in ATTR_ALIASES for a in attrs):
-        return None
+    agents, ops, cmos, sysregs, attrs = names
     # numbers, parsed once
     addr = _uint_fast(df["addr"])
     value = _uint_fast(df["value"])

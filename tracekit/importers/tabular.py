@@ -45,9 +45,9 @@ import pyarrow.csv as pacsv
 from .._jit import njit
 from .._progress import progress
 from ..errors import TraceFormatError
-from ..model import ATTR_ALIASES, CMO_OPS, CMO_WITHOUT_ADDRESS, OPS, TraceInfo
+from ..model import ATTR_ALIASES, CMO_WITHOUT_ADDRESS, TraceInfo
 from ..schema import trace_columns
-from ..validate import AGENT_RE, SYSREG_RE, TEXT_FIELDS, Semantics, first_error, typed_fields
+from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
 from ..validate import _size_fast, _uint_fast  # the text path's own number parsing (Fields.fast)
 from .base import ImportOptions, ImportResult
 from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings, release
@@ -221,21 +221,10 @@ def _typed_fast(df: pl.DataFrame, line_size: int) -> pl.DataFrame | None:
     """
     n = df.height
     agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
-    agents = agent_t.unique()
-    if agents.null_count() or not agents.str.contains(AGENT_RE).all():
+    names = batch_names(df)
+    if names is None:
         return None
-    ops = op_t.unique()
-    if ops.null_count() or not ops.is_in(list(OPS)).all():
-        return None
-    cmos = cmo_t.drop_nulls().unique()
-    if not cmos.is_in(list(CMO_OPS)).all():
-        return None
-    sysregs = sysreg_t.drop_nulls().unique()
-    if not sysregs.str.contains(SYSREG_RE).all():
-        return None
-    attrs = attr_t.drop_nulls().unique().to_list()
-    if any(a not in ATTR_ALIASES for a in attrs):
-        return None
+    agents, ops, cmos, sysregs, attrs = names
     idx = df["attr_index"]
     if idx.null_count() < n and not ((idx >= 0) & (idx <= 7)).all():
         return None
