@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -148,15 +149,33 @@ def analyze(
     tr = _load_trace(trace, quiet=quiet)
     info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
     resolved = resolve(tr.events, info)
-    replay = get_engine(engine)
+    engine_replay = get_engine(engine)
+    extra = {"reuse": len(specs) > 1} if engine == "fast" else {}
+
+    def replay(mitigated: pl.DataFrame, minfo: TraceInfo, spec: str) -> pl.DataFrame:
+        return engine_replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra)
+
     frames, costs, transformed = [], {}, {}
-    for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
-        mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
-        extra = {"reuse": len(specs) > 1} if engine == "fast" else {}
-        frames.append(replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra))
-        costs[spec] = cost
-        if keep_transformed:
-            transformed[spec] = mitigated
+    # The fast engine's compiled loops release the GIL and polars runs its own threads: the
+    # next mitigation is applied while the previous one is replayed (one replay at a time, so
+    # the engine's kept layout is never used by two at once, and one extra frame in memory).
+    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-replay") as pool:
+        pending = None
+        for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
+            mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
+            if pending is not None:
+                frames.append(pending.result())
+            if engine == "fast" and len(specs) > 1:
+                pending = pool.submit(replay, mitigated, minfo, spec)
+            else:
+                pending = None
+                frames.append(replay(mitigated, minfo, spec))
+            costs[spec] = cost
+            if keep_transformed:
+                transformed[spec] = mitigated
+            del mitigated
+        if pending is not None:
+            frames.append(pending.result())
     findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
     meta = {
         "trace": tr.source,

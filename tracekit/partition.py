@@ -47,10 +47,13 @@ from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, wri
 #: Memory one event costs while a part is resolved, mitigated and replayed (parts are
 #: sized with it; 100 M events at --memory-budget 1G peaked at 1.29 GB, benchmarks/README.md).
 BYTES_PER_EVENT = 700
-#: A whole trace in memory: per event, and per event and mitigation (each mitigation's
-#: findings are kept for the comparison). Measured on 10 M `mixed` events (compact
-#: frames): `none` peaked at 3.2 GB, the catalog of 10 at 8.2 GB; these round up.
-WHOLE_BYTES_PER_EVENT = 300
+#: A whole trace in memory, per event: the baseline alone (`none` replays the resolved
+#: frame as it is), or with mitigations that copy and extend it (measured on 10 M
+#: `mixed` events: `none` peaked at 3.0 GB, guest-boot-inval alone at 6.4 GB,
+#: kvm-fault-clean with guest-boot-inval at 7.7 GB, the catalog of 10 at 7.4 GB), plus
+#: per event and mitigation (each mitigation's findings are kept for the comparison).
+WHOLE_BYTES_PER_EVENT_NONE = 320
+WHOLE_BYTES_PER_EVENT = 700
 WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 60
 #: What the process needs besides the parts (interpreter, polars, numba, the global events).
 BASE_BYTES = 350 << 20
@@ -79,13 +82,19 @@ def parse_size(text: str) -> int:
         raise UsageError(f"--memory-budget: expected a size like 1G or 512M, found {text!r}") from None
 
 
-def estimated_bytes(events: int, mitigations: int = 1) -> int:
-    """Peak memory of analysing ``events`` whole under ``mitigations`` specs."""
-    return BASE_BYTES + events * (WHOLE_BYTES_PER_EVENT + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * max(1, mitigations))
+def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",)) -> int:
+    """Peak memory of analysing ``events`` whole under ``mitigations`` (specs, or how many)."""
+    if isinstance(mitigations, int):
+        count, only_none = max(1, mitigations), False
+    else:
+        count, only_none = max(1, len(mitigations)), all(m == "none" for m in mitigations)
+    per_event = WHOLE_BYTES_PER_EVENT_NONE if only_none else WHOLE_BYTES_PER_EVENT
+    return BASE_BYTES + events * (per_event + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * count)
 
 
-def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int, mitigations: int = 1) -> bool:
-    """Whether analysing the trace whole under ``mitigations`` specs would need more than ``budget_bytes``.
+def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int,
+                     mitigations: int | Sequence[str] = ("none",)) -> bool:
+    """Whether analysing the trace whole under ``mitigations`` would need more than ``budget_bytes``.
 
     A path that is not a readable Parquet file is not partitioned: loading it reports what is wrong.
     """

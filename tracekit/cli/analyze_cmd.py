@@ -56,7 +56,7 @@ def analyze(
     budget = parse_size(memory_budget) if memory_budget else default_budget()
     single = inputs[0] if len(inputs) == 1 else None
     if (single is not None and single.suffix == ".parquet" and emit_trace is None
-            and should_partition(single, budget, len(expand_mitigations(mitigation)))):
+            and should_partition(single, budget, expand_mitigations(mitigation))):
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet)
         output = None  # written part by part
