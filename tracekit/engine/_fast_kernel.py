@@ -383,20 +383,6 @@ def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
 
 
 @njit(cache=True, nogil=True)
-def retype(attr, pos, path_of_event, hostc_of_event):
-    """Recorded pieces under a mitigation: their path and host-cacheable bit from the mitigated frame."""
-    n = attr.shape[0]
-    out = np.empty(n, np.uint64)
-    keep = ~np.uint64(PATH_HOSTC_MASK)
-    for k in range(n):
-        a = attr[k] & keep
-        p = pos[k]
-        pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_of_event[p])
-        out[k] = a | (pth << U_PATH) | (np.uint64(hostc_of_event[p]) << U_HOSTC)
-    return out
-
-
-@njit(cache=True, nogil=True)
 def merge(a_line, a_pos, a_attr, b_line, b_pos, b_attr):
     """Two piece lists sorted by (line, pos) merged into one."""
     na = a_line.shape[0]
@@ -509,3 +495,53 @@ def event_codes(op, cmo, side, path, region_kind, addr, has_addr, size, has_size
         o_hostc[j] = hostc[i]
         o_ram[j] = region_kind[i] == 0
     return keep[:k], o_code, o_addr, o_size, o_path, o_eff, o_hostc, o_ram
+
+
+@njit(cache=True, nogil=True)
+def relayout(seq, sub, layout_seq, layout_attr, path_code, path_lut, hostc):
+    """The kept layout's pieces in a mitigated frame: each piece's position (row of its recorded
+    event, found by seq) and its attributes with that row's path and host-cacheable bit."""
+    n = seq.shape[0]
+    m = 0
+    top = 0
+    for i in range(n):
+        if sub[i] == 0:
+            m += 1
+            if seq[i] > top:
+                top = seq[i]
+    rows = np.empty(m, np.int64)
+    seqs = np.empty(m, np.uint64)
+    j = 0
+    for i in range(n):
+        if sub[i] == 0:
+            rows[j] = i
+            seqs[j] = seq[i]
+            j += 1
+    dense = top < np.uint64(4 * m + 1024)
+    table = np.empty(np.int64(top) + 1 if dense else 0, np.int64)
+    if dense:
+        for j in range(m):
+            table[seqs[j]] = rows[j]
+    k_n = layout_seq.shape[0]
+    pos = np.empty(k_n, np.int64)
+    attr = np.empty(k_n, np.uint64)
+    keep = ~np.uint64(PATH_HOSTC_MASK)
+    for k in range(k_n):
+        s = layout_seq[k]
+        if dense:
+            p = table[s]
+        else:  # seqs are sorted: binary search (every seq looked up is present, the checksums match)
+            lo = 0
+            hi = m
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if seqs[mid] < s:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            p = rows[lo]
+        pos[k] = p
+        a = layout_attr[k] & keep
+        pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_lut[path_code[p]])
+        attr[k] = a | (pth << U_PATH) | (np.uint64(hostc[p]) << U_HOSTC)
+    return pos, attr

@@ -258,13 +258,6 @@ def clear_cache() -> None:
     _LAST = None
 
 
-def _path_codes(events: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    from ..resolve import PATH_ENUM, _codes
-
-    path = _lookup_tables(False)[2][_codes(events["path"], PATH_ENUM)]
-    return path, events["host_cacheable"].fill_null(False).to_numpy()
-
-
 def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> Pieces:
     """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order.
 
@@ -301,17 +294,11 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
     inserted = np.flatnonzero(~recorded)
     layout = _LAST if reuse else None
     if layout is not None and layout.key == key:
-        rec_rows = np.flatnonzero(recorded)
-        rec_seq = seq[rec_rows]
-        top = int(rec_seq[-1]) if len(rec_seq) else 0
-        if top < 4 * len(rec_seq) + 1024:
-            table = np.empty(top + 1, np.int64)  # every seq looked up is present (the checksums match)
-            table[rec_seq] = rec_rows
-            pos = table[layout.seq]
-        else:
-            pos = rec_rows[np.searchsorted(rec_seq, layout.seq)]
-        path, hostc = _path_codes(events)
-        rec = Pieces(layout.line, pos, K.retype(layout.attr, pos, path, hostc))
+        from ..resolve import PATH_ENUM
+
+        pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, _codes(events["path"], PATH_ENUM),
+                               _lookup_tables(False)[2], events["host_cacheable"].fill_null(False).to_numpy())
+        rec = Pieces(layout.line, pos, attr)
     else:
         if len(inserted):
             rec = explode(events, info, rows=np.flatnonzero(recorded))
