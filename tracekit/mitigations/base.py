@@ -376,10 +376,31 @@ def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:
     new = pl.concat(ins, how="vertical").sort("seq", "sub", maintain_order=True)
     top = max(int(base["seq"].max() or 0), int(new["seq"].max() or 0))
     if base.height and top < (1 << 32) and _ordered(base):
+        if new.height <= _FEW_INSERTED:
+            # a handful of events (a whole-RAM clean per cache toggle): the trace is cut at their
+            # places and the pieces chained, no row of the trace is copied
+            at = np.searchsorted(_packed(base), _packed(new), side="right")  # ties: base first
+            pieces, start = [], 0
+            for i, cut in enumerate(at.tolist()):
+                pieces += [base.slice(start, cut - start), new.slice(i, 1)]
+                start = cut
+            pieces.append(base.slice(start))
+            return pl.concat([p for p in pieces if p.height], how="vertical", rechunk=False).lazy()
         key = pl.col("seq").cast(pl.UInt64) * (1 << 32) + (pl.col("sub").cast(pl.Int64) + (1 << 31)).cast(pl.UInt64)
         merged = base.with_columns(_k=key).merge_sorted(new.with_columns(_k=key), "_k")  # ties: base first
         return merged.drop("_k").lazy()
     return pl.concat([base, new], how="vertical").sort("seq", "sub", maintain_order=True).lazy()
+
+
+#: At most this many inserted events are chained between slices of the trace instead of merged.
+_FEW_INSERTED = 64
+
+
+def _packed(frame: pl.DataFrame) -> np.ndarray:
+    """(seq, sub) as one sortable uint64 per row (seq below 2^32)."""
+    seq = frame["seq"].to_numpy().astype(np.uint64)
+    sub = frame["sub"].to_numpy().astype(np.int64) + (1 << 31)
+    return (seq << np.uint64(32)) | sub.astype(np.uint64)
 
 
 def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
@@ -461,10 +482,11 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
         if removed == 0:
             changed = before_df.select(typed.alias("_t"), _from=pl.col("mem_type")).with_columns(
                 _to=kept["mem_type"]).filter(pl.col("_t") & pl.col("_from").ne_missing(pl.col("_to")))
-        else:
-            changed = (before_df.filter(typed).select("seq", _from=pl.col("mem_type"))
-                       .join(kept.filter(typed).select("seq", _to=pl.col("mem_type")), on="seq", how="inner")
-                       .filter(pl.col("_from").ne_missing(pl.col("_to"))))
+        else:  # rows were removed: match the kept recorded rows by seq, both sides in seq order
+            changed = (kept.filter(typed).select("seq", _to=pl.col("mem_type"))
+                       .join_asof(before_df.filter(typed).select("seq", _bseq=pl.col("seq"), _from=pl.col("mem_type")),
+                                  on="seq", strategy="backward", check_sortedness=False)
+                       .filter((pl.col("_bseq") == pl.col("seq")) & pl.col("_from").ne_missing(pl.col("_to"))))
         re = (changed.group_by("_from", "_to").len()
               .with_columns(pl.col("_from").cast(pl.String), pl.col("_to").cast(pl.String))
               .sort("len", "_from", "_to", descending=[True, False, False], nulls_last=True))

@@ -73,14 +73,16 @@ def boot_inval(frame: Frame, ctx: MitigationContext) -> pl.LazyFrame:
         .join(end_seq.select(_end=_col("seq")), how="cross")
         .with_columns(_anchor=_col("_anchor").fill_null(_col("_end")))
     )
-    runs = interval_union(matched, ["_anchor", "_before", "agent", "region"], "_lo", "_hi")
-    # The vCPU's SCTLR/MAIR in force at the anchor: before its enabling write, or its last ones.
+    runs = interval_union(matched, ["_anchor", "_before", "agent", "region"], "_lo", "_hi").collect()
+    # The vCPU's SCTLR/MAIR in force at the anchor: before its enabling write, or its last ones
+    # (the frame is in seq order, and a group keeps its rows' order).
     at_enable = enables.select("agent", "_anchor", "_a_sctlr", "_a_mair")
-    last_state = guest.sort("seq").group_by("agent").agg(
-        _l_sctlr=_col("sctlr").last(), _l_mair=_col("mair").last())
-    anchor_rows = lf.filter(recorded()).select(_anchor=_col("seq"), *_ANCHOR_COLUMNS).unique("_anchor")
+    last_state = guest.group_by("agent").agg(_l_sctlr=_col("sctlr").last(), _l_mair=_col("mair").last())
+    # the anchor events: recorded, so one per seq, and few
+    anchor_rows = lf.filter(recorded() & _col("seq").is_in(runs["_anchor"].unique().implode())).select(
+        _anchor=_col("seq"), *_ANCHOR_COLUMNS)
     anchors = (
-        runs.join(at_enable, on=["agent", "_anchor"], how="left")
+        runs.lazy().join(at_enable, on=["agent", "_anchor"], how="left")
         .join(last_state, on="agent", how="left")
         .join(anchor_rows, on="_anchor", how="left")
         .sort("_anchor", "agent", "_lo")
