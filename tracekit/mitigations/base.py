@@ -652,8 +652,11 @@ def _conform_like(frame: pl.DataFrame, schema: pl.Schema, name: str) -> pl.DataF
     missing = [c for c in schema.names() if c not in frame.columns]
     if missing:
         raise MitigationError(f"mitigation {name!r}: expected the frame's columns, found {', '.join(missing)} missing")
+    have = frame.schema
+    if list(have.items()) == list(schema.items()):
+        return frame  # the usual case: nothing to select or cast
     try:
-        return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+        return frame.select([pl.col(c) if have[c] == t else pl.col(c).cast(t) for c, t in schema.items()])
     except pl.exceptions.PolarsError as e:
         raise MitigationError(f"mitigation {name!r}: expected the frame's column types, found: {e}") from None
 
