@@ -33,7 +33,7 @@ from . import schema
 from ._progress import progress
 from .errors import TraceFormatError, TracekitError, UsageError, at
 from .importers import ImportOptions, detect_format, get_importer
-from .model import InputFile, TraceInfo
+from .model import SCTLR_M, InputFile, TraceInfo
 
 MERGE_BATCH = 1 << 20
 PathLike = str | os.PathLike[str]
@@ -267,17 +267,47 @@ class IngestSummary:
                              f"{c.get('page_tables', 0)} tables)")
             parts.append(f"untyped {c.get('untyped', 0)}")
             out.append(f"  guest types {src}: " + ", ".join(parts))
+            if "mmu_off" in c:
+                out.append(f"    of the accesses, {c['mmu_off']} were made with the MMU off (their type is the "
+                           f"MMU-off one, from SCTLR_EL1), and {c['untyped_mmu_on']} with the MMU on carry no type "
+                           "(analysed as Write-Back, type_source assumed-wb)")
         out.extend(f"  page tables: {n}" for n in self.notes)
         return "\n".join(out) + "\n"
 
 
 class _Tally:
-    def __init__(self) -> None:
+    def __init__(self, guest_mmu: bool = False) -> None:
         self.n = 0
         self.op: Counter[str] = Counter()
         self.agent: Counter[str] = Counter()
         self.tmin: float | None = None
         self.tmax: float | None = None
+        #: recorded inputs: per input, guest accesses made with the vCPU's MMU off, and those
+        #: made with it on that carry no type (the analysis assumes Write-Back for them)
+        self.guest_mmu = guest_mmu
+        self.mmu_off: Counter[str] = Counter()
+        self.untyped_mmu_on: Counter[str] = Counter()
+        self._sctlr: dict[str, int] = {}  # each vCPU's SCTLR_EL1 so far (0 at reset)
+
+    def _count_mmu(self, df: pl.DataFrame) -> None:
+        guest = pl.col("side") == "guest"
+        write = guest & (pl.col("op") == "sysreg") & (pl.col("sysreg") == "SCTLR_EL1")
+        rows = df.filter(guest).select(
+            "agent", "src", "op", "addr", "attr", "attr_index",
+            _w=pl.when(write).then(pl.col("value").fill_null(0)))
+        if rows.height == 0:
+            return
+        carried = pl.col("agent").replace_strict(self._sctlr, default=0, return_dtype=pl.UInt64)
+        rows = rows.with_columns(_s=pl.col("_w").forward_fill().over("agent").fill_null(carried))
+        acc = pl.col("op").is_in(["read", "write", "ifetch"]) & pl.col("addr").is_not_null()
+        off = (pl.col("_s") & SCTLR_M) == 0
+        untyped = pl.col("attr").is_null() & pl.col("attr_index").is_null()
+        counts = rows.group_by("src").agg(off=(acc & off).sum(), on_untyped=(acc & ~off & untyped).sum())
+        for src, n_off, n_untyped in counts.iter_rows():
+            self.mmu_off[src] += int(n_off)
+            self.untyped_mmu_on[src] += int(n_untyped)
+        last = rows.filter(pl.col("_w").is_not_null()).group_by("agent").agg(pl.col("_w").last())
+        self._sctlr.update(dict(last.iter_rows()))
 
     def add(self, df: pl.DataFrame) -> pl.DataFrame:
         """Number ``df`` (seq) after the rows seen so far and count it."""
@@ -287,6 +317,8 @@ class _Tally:
         for op, agent, k in pairs.iter_rows():
             self.op[op] += k
             self.agent[agent] += k
+        if self.guest_mmu:
+            self._count_mmu(df)
         t = df["time"]
         if t.null_count() < df.height:
             lo, hi = t.min(), t.max()
@@ -324,7 +356,7 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
         options = replace(options, quiet=quiet)
     ins = _open_inputs(paths, format, options)
     agree = _Agreement()
-    tally = _Tally()
+    tally = _Tally(guest_mmu=any(i.format in PAGE_WALK_FORMATS for i in ins) or options.guest_map is not None)
     merge = len(ins) > 1 and not concat
     parent = out.parent if str(out.parent) else Path(".")
     spill_dir: Path | None = None
@@ -372,6 +404,10 @@ def ingest(inputs: PathLike | Sequence[PathLike], output: PathLike, *, format: s
             shutil.rmtree(spill_dir, ignore_errors=True)
     span = (tally.tmin, tally.tmax) if tally.tmin is not None else None
     types, notes = _guest_types(ins)
+    for src, c in types:
+        if tally.guest_mmu:
+            c["mmu_off"] = tally.mmu_off.get(src, 0)
+            c["untyped_mmu_on"] = tally.untyped_mmu_on.get(src, 0)
     return IngestSummary(out, tally.n, info, dict(tally.op), dict(tally.agent), span, order, types, notes)
 
 
