@@ -9,7 +9,7 @@ import typer
 
 from .. import schema as schema_mod
 from ..errors import UsageError
-from ..importers import IMPORTERS, ImportOptions
+from ..importers import BUILTIN_FORMATS, ImportOptions
 from . import app, errors_handled
 
 
@@ -21,7 +21,7 @@ def ingest(
     output: Path = typer.Option(..., "-o", "--output", help="The trace to write (Parquet, trace-v1).",
                                 show_default=False),
     format: Optional[str] = typer.Option(None, "--format", help="Input format (default: from the suffix or "
-                                         "content). Known: " + ", ".join(sorted(IMPORTERS)) + "."),
+                                         "content). Built in: " + ", ".join(sorted(BUILTIN_FORMATS)) + "."),
     force: bool = typer.Option(False, "--force", help="Overwrite the output if it exists."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars on stderr."),
     concat: bool = typer.Option(False, "--concat", help="Append the inputs in the order given instead of merging "

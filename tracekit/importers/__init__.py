@@ -16,16 +16,85 @@ from .base import Importer, ImportOptions, ImportResult
 __all__ = ["IMPORTERS", "register_importer", "get_importer", "detect_format", "Importer", "ImportOptions",
            "ImportResult"]
 
-IMPORTERS: dict[str, Importer] = {}
-
 #: Modules under tracekit.importers whose ``IMPORTER`` (or tuple ``IMPORTERS``) is
-#: registered at import time, in detection order (the first whose content test
-#: matches wins; see detect_format for how a suffix counts).
+#: registered, in detection order (the first whose content test matches wins; see
+#: detect_format for how a suffix counts).
 _BUILTIN_MODULES: tuple[str, ...] = (
     "tkt",
     "tabular",
     "qemu_simpletrace", "ftrace_text", "tcg_plugin", "qemu_log", "din", "lackey",  # real recordings
 )
+#: The formats those modules provide, in the same order (for help texts, without importing them;
+#: a test checks it against the registry).
+BUILTIN_FORMATS: tuple[str, ...] = (
+    "tkt", "csv", "jsonl", "qemu-simpletrace", "ftrace-text", "qemu-plugin", "qemu-log", "din", "lackey")
+
+
+class _Registry(dict):
+    """Importers by format. The built-in modules are imported on first use: a command that
+    reads a trace Parquet (analyze, report) never needs them (~50 ms of start-up).
+
+    An importer registered before that keeps its place over a built-in of the same format,
+    as if it had been registered after it.
+    """
+
+    _state = "new"  # new, loading, loaded
+
+    def _load(self) -> None:
+        if self._state != "new":
+            return
+        self._state = "loading"
+        try:
+            early = dict(super().items())
+            super().clear()
+            for name in _BUILTIN_MODULES:
+                mod = importlib.import_module(f"{__name__}.{name}")
+                for imp in getattr(mod, "IMPORTERS", None) or (mod.IMPORTER,):
+                    super().__setitem__(imp.format, imp)
+            super().update(early)
+            self._state = "loaded"
+        except BaseException:
+            self._state = "new"
+            raise
+
+    def __getitem__(self, key):
+        self._load()
+        return super().__getitem__(key)
+
+    def __contains__(self, key) -> bool:
+        self._load()
+        return super().__contains__(key)
+
+    def __iter__(self):
+        self._load()
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+    def __repr__(self) -> str:
+        self._load()
+        return super().__repr__()
+
+    def keys(self):
+        self._load()
+        return super().keys()
+
+    def values(self):
+        self._load()
+        return super().values()
+
+    def items(self):
+        self._load()
+        return super().items()
+
+    def get(self, key, default=None):
+        self._load()
+        return super().get(key, default)
+
+
+IMPORTERS: dict[str, Importer] = _Registry()
 
 HEAD_BYTES = 64 * 1024
 
@@ -80,8 +149,3 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         f"{p}: expected a known format ({', '.join(sorted(IMPORTERS))}), found none matching; "
         "name it with --format")
 
-
-for _name in _BUILTIN_MODULES:
-    _mod = importlib.import_module(f"{__name__}.{_name}")
-    for _imp in getattr(_mod, "IMPORTERS", None) or (_mod.IMPORTER,):
-        register_importer(_imp)
