@@ -61,8 +61,11 @@ def analyze(
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet)
         output = None  # written part by part
     else:
-        trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
-                     concat=concat, compact=True)
+        from ..resolve import warm_up
+
+        with warm_up():  # numba loads its compiled code while the trace is read
+            trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
+                         concat=concat, compact=True)
         result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
                      keep_transformed=emit_trace is not None)
     if output is not None:
