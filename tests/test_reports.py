@@ -332,6 +332,20 @@ def test_cli_report_writes_the_file_and_refuses_to_overwrite(analysis, tmp_path)
     assert invoke(f, "-f", "markdown", "-o", out, "--force").exit_code == 0
 
 
+def test_cli_report_takes_the_format_from_the_output_suffix(analysis, tmp_path):
+    """Regression: `-o review.html` wrote the text report into an .html file. The suffix names the
+    format unless --format does; an unknown suffix keeps the text default."""
+    f = write_findings(tmp_path / "f.parquet", analysis)
+    for name, check in (("r.html", lambda t: t.lstrip().lower().startswith("<!doctype html")),
+                        ("r.md", lambda t: t.startswith("## tracekit report")),
+                        ("r.json", lambda t: json.loads(t)["range_counts"]["none"] == 5),
+                        ("r.log", lambda t: t.startswith("tracekit report"))):
+        assert invoke(f, "-o", tmp_path / name).exit_code == 0
+        assert check((tmp_path / name).read_text()), name
+    assert invoke(f, "-f", "text", "-o", tmp_path / "t.html").exit_code == 0  # --format wins
+    assert (tmp_path / "t.html").read_text().startswith("tracekit report")
+
+
 @pytest.mark.parametrize("args,message", [
     (["--format", "pdf"], "expected one of text, markdown, html, json, found 'pdf'"),
     (["--trace", "missing.parquet"], "expected a trace file, found no such file"),

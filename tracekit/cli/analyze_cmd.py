@@ -98,10 +98,10 @@ def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[
 
 def _format_of(path: Path) -> str:
     """The report format whose file suffix ``path`` has (the report registry knows them)."""
-    from ..reports import REPORT_FORMATS
+    from ..reports import REPORT_FORMATS, format_of
 
-    by_suffix = {f.suffix.lower(): name for name, f in REPORT_FORMATS.items()}
-    if path.suffix.lower() not in by_suffix:
+    name = format_of(path)
+    if name is None:
         raise fail(f"{path}: cannot tell the report format from the suffix; give --format "
                    f"({', '.join(REPORT_FORMATS)})")
-    return by_suffix[path.suffix.lower()]
+    return name

@@ -17,9 +17,11 @@ from . import app, errors_handled
 def report_command(
     findings: Path = typer.Argument(..., help="Findings Parquet file written by `tracekit analyze -o`.",
                                     show_default=False, metavar="FINDINGS"),
-    format: str = typer.Option("text", "--format", "-f",
-                               metavar="FORMAT", help="text (mail, 78 columns), markdown (merge requests), html (one "
-                                    "self-contained page with plots; needs matplotlib) or json (tools)."),
+    format: Optional[str] = typer.Option(None, "--format", "-f",
+                                         metavar="FORMAT", help="text (mail, 78 columns), markdown (merge requests), "
+                                         "html (one self-contained page with plots; needs matplotlib) or json "
+                                         "(tools). Default: from the suffix of -o (.txt .md .html .json), else text.",
+                                         show_default=False),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to FILE instead of "
                                           "stdout.", show_default=False, metavar="FILE"),
     force: bool = typer.Option(False, "--force", help="Overwrite FILE if it exists."),
@@ -32,8 +34,9 @@ def report_command(
 
     Example: tracekit report boot-findings.parquet --format markdown --trace boot.parquet -o review.md
     """
-    from ..reports import report
+    from ..reports import format_of, report
 
+    format = format or format_of(output) or "text"
     color = output is None and format == "text" and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     result = report(findings, format, output, force=force, trace=trace, color=color)
     if output is None:

@@ -51,6 +51,14 @@ def get_format(name: str) -> ReportFormat:
         raise UsageError(f"--format: expected one of {', '.join(REPORT_FORMATS)}, found {name!r}") from None
 
 
+def format_of(path: "str | os.PathLike[str] | None") -> str | None:
+    """The format whose file suffix ``path`` has (``review.html`` -> html), None when no format has it."""
+    if path is None:
+        return None
+    suffix = Path(path).suffix.lower()
+    return next((name for name, f in REPORT_FORMATS.items() if f.suffix.lower() == suffix), None)
+
+
 def render(analysis: Any, format: str, *, trace: pl.DataFrame | None = None, color: bool = False) -> str:
     """The report of ``analysis`` in ``format`` as a string.
 
