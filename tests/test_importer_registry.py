@@ -30,7 +30,7 @@ def test_an_importer_registered_before_first_use_replaces_the_built_in_and_keeps
     mine = Mine()
     reg["csv"] = mine  # what register_importer does, before anything read the registry
     assert reg["csv"] is mine  # reading loads the built-ins; the earlier registration wins
-    assert list(reg)[:3] == ["tkt", "csv", "jsonl"]  # and detection order is the built-in order
+    assert list(reg)[:4] == ["parquet", "tkt", "csv", "jsonl"]  # and detection order is the built-in order
     assert reg["tkt"].format == "tkt"
 
 

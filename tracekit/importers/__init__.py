@@ -20,6 +20,7 @@ __all__ = ["IMPORTERS", "register_importer", "get_importer", "detect_format", "I
 #: registered, in detection order (the first whose content test matches wins; see
 #: detect_format for how a suffix counts).
 _BUILTIN_MODULES: tuple[str, ...] = (
+    "parquet",  # a trace written by tracekit (binary: its magic bytes decide)
     "tkt",
     "tabular",
     "qemu_simpletrace", "ftrace_text", "tcg_plugin", "qemu_log", "din", "lackey",  # real recordings
@@ -27,7 +28,7 @@ _BUILTIN_MODULES: tuple[str, ...] = (
 #: The formats those modules provide, in the same order (for help texts, without importing them;
 #: a test checks it against the registry).
 BUILTIN_FORMATS: tuple[str, ...] = (
-    "tkt", "csv", "jsonl", "qemu-simpletrace", "ftrace-text", "qemu-plugin", "qemu-log", "din", "lackey")
+    "parquet", "tkt", "csv", "jsonl", "qemu-simpletrace", "ftrace-text", "qemu-plugin", "qemu-log", "din", "lackey")
 
 
 class _Registry(dict):
