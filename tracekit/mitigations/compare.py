@@ -95,10 +95,12 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     has_base = baseline in order or baseline in set(findings["mitigation"].to_list())
     if has_base:
         base = findings.filter(pl.col("mitigation") == baseline)
+        base_keys = base.select(key)
         for m in order:
             if m == baseline:
                 continue
             mine = findings.filter(pl.col("mitigation") == m)
-            fixed[m] = _strings(base.join(mine.select(key).unique(), on=key, how="anti").sort(key))
-            introduced[m] = _strings(mine.join(base.select(key).unique(), on=key, how="anti").sort(key))
+            # an anti join ignores repeats on its right side: no unique() of millions of keys
+            fixed[m] = _strings(base.join(mine.select(key), on=key, how="anti").sort(key))
+            introduced[m] = _strings(mine.join(base_keys, on=key, how="anti").sort(key))
     return Comparison(order, baseline if has_base else None, long, wide, fixed, introduced)
