@@ -58,9 +58,8 @@ def pack(lo, hi, code, path, eff, hostc, ram):
 
 
 @njit(cache=True, inline="always")
-def _last_before(a, p):
-    """Index of the last element of sorted ``a`` that is < p, or -1."""
-    lo = 0
+def _first_at_least(a, lo, p):
+    """Index of the first element of sorted ``a`` at or after ``lo`` that is >= p (len(a) if none)."""
     hi = a.shape[0]
     while lo < hi:
         mid = (lo + hi) >> 1
@@ -68,7 +67,13 @@ def _last_before(a, p):
             lo = mid + 1
         else:
             hi = mid
-    return lo - 1
+    return lo
+
+
+@njit(cache=True, inline="always")
+def _last_before(a, p):
+    """Index of the last element of sorted ``a`` that is < p, or -1."""
+    return _first_at_least(a, 0, p) - 1
 
 
 @njit(cache=True, inline="always")
@@ -81,15 +86,7 @@ def _advance(a, idx, p):
     nxt = idx + 1
     if nxt >= a.shape[0] or a[nxt] >= p:
         return idx
-    lo = nxt + 1
-    hi = a.shape[0]
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if a[mid] < p:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
+    return _first_at_least(a, nxt + 1, p) - 1
 
 
 @njit(cache=True)
@@ -530,16 +527,8 @@ def relayout(seq, sub, layout_seq, layout_attr, path_code, path_lut, hostc):
         s = layout_seq[k]
         if dense:
             p = table[s]
-        else:  # seqs are sorted: binary search (every seq looked up is present, the checksums match)
-            lo = 0
-            hi = m
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if seqs[mid] < s:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            p = rows[lo]
+        else:  # seqs are sorted (every seq looked up is present: the checksums match)
+            p = rows[_first_at_least(seqs, 0, s)]
         pos[k] = p
         a = layout_attr[k] & keep
         pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_lut[path_code[p]])
