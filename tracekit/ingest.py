@@ -485,21 +485,17 @@ def _spill_all(ins: list[_Input], options: ImportOptions, *, concat: bool, agree
     for inp in ins:
         order = _TimeOrder(inp.src) if merge else None
         f = spill_dir / f"input-{inp.index}.parquet"
-        writer = None
-        try:
-            for df in _read(inp, options):
+
+        def checked(frames: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+            for df in frames:
                 df = _conform(df)
                 if order is not None:
                     order.check(df)
-                table = df.to_arrow()
-                if writer is None:
-                    writer = pq.ParquetWriter(f, table.schema, compression="lz4")
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
+                yield df
+
+        written = _spill(f, checked(_read(inp, options)))
         agree.add(inp.src, inp.result.info)
-        if writer is not None:
+        if written:
             if page_walk and inp.format in PAGE_WALK_FORMATS:
                 _walk_spilled(f, inp)
             files.append(f)
@@ -538,6 +534,21 @@ def _walk_done(inp: _Input, typing: Any, counts: dict[str, int]) -> None:
         inp.result.summary["page_table_notes"] = notes
 
 
+def _spill(path: Path, frames: Iterable[pl.DataFrame]) -> bool:
+    """Write ``frames`` to the scratch Parquet ``path`` (lz4: read back once, soon); False if none came."""
+    writer = None
+    try:
+        for df in frames:
+            table = df.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="lz4")
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    return writer is not None
+
+
 def _walk_spilled(f: Path, inp: _Input) -> None:
     """Type the spilled input ``f`` from its page tables; rewrite it batch by batch."""
     from .importers.page_tables import build_typing
@@ -547,21 +558,15 @@ def _walk_spilled(f: Path, inp: _Input) -> None:
         return
     counts, base = _walk_counts(inp)
     tmp = f.with_name(f.stem + ".walked.parquet")
-    writer = None
-    offset = 0
-    try:
+
+    def typed() -> Iterator[pl.DataFrame]:
+        offset = 0
         for b in pq.ParquetFile(f).iter_batches(batch_size=MERGE_BATCH):
-            df = pl.from_arrow(b)
-            assert isinstance(df, pl.DataFrame)
-            df = typing.apply(df, counts, offset=offset, base_counts=base)
+            df = typing.apply(pl.DataFrame(pl.from_arrow(b)), counts, offset=offset, base_counts=base)
             offset += df.height
-            table = df.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="lz4")
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+            yield df
+
+    _spill(tmp, typed())
     os.replace(tmp, f)
     _walk_done(inp, typing, counts)
 
