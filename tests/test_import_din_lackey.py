@@ -90,3 +90,15 @@ def test_ingest_cli_agent_option(tmp_path):
     r = CliRunner().invoke(app, ["ingest", str(DATA / "din" / "extended.din"), "-o", str(bad), "-q",
                                  "--agent", "gpu 0"])
     assert r.exit_code == 2 and "--agent: expected an agent" in r.output and not bad.exists()
+
+
+@pytest.mark.parametrize("imp,path", [(DinImporter(), "din/extended.din"), (LackeyImporter(), "lackey/trace.lackey")])
+def test_guest_map_types_the_accesses_of_both_streams(tmp_path, imp, path):
+    """--guest-map applies to din and to Lackey alike (Lackey ignored it until both shared one reader):
+    a map covering all of memory as nc gives every guest access attr nc, and the summary counts them."""
+    gmap = tmp_path / "map.txt"
+    gmap.write_text("0x0 0x8000000000000000 nc\n0x8000000000000000 0x7fffffffffffffff nc\n")
+    df, res = read(imp, DATA / path, guest_map=gmap)
+    acc = df.filter(pl.col("op").is_in(["read", "write", "ifetch"]))
+    assert acc.height > 0 and set(acc["attr"]) == {"nc"}
+    assert res.summary["guest_map"]["typed_by_guest_map_attr"] == acc.height

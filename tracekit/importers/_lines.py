@@ -268,3 +268,36 @@ def fail_first(bad: pl.DataFrame, src: str, expected: str, *, line_col: str = "s
 def head_bytes(path: Path, n: int = 4096) -> bytes:
     with open(path, "rb") as f:
         return f.read(n)
+
+
+def read_access_stream(path: Path, options: Any, *, fmt: str, default_agent: str, note: str,
+                       decode: Callable[[pl.DataFrame, str, str, dict[str, int]], pl.DataFrame]) -> Any:
+    """The import of a simulator access stream (din, lackey): one agent (``--agent``, else the
+    importer's), settings from the options, each batch of lines decoded by ``decode(lines, src,
+    agent, counts)``, ``--guest-map`` applied, the counts put into the summary at the end."""
+    from .base import ImportResult
+    from .tabular import options_info
+
+    path = Path(path)
+    src = str(path)
+    agent = options.agent or default_agent
+    counts: dict[str, int] = {}
+    summary: dict[str, Any] = {"format": fmt, "agent": agent, "note": note}
+    gmap = None
+    if options.guest_map is not None:
+        from .guest_map import load_guest_map
+        gmap = load_guest_map(options.guest_map)
+    gm_counts: dict[str, int] = {}
+
+    def batches() -> Iterator[pl.DataFrame]:
+        from .guest_map import apply_guest_map
+
+        for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):
+            out = decode(lines, src, agent, counts)
+            if out.height:
+                yield apply_guest_map(out, gmap, gm_counts) if gmap is not None else out
+        summary.update(dict(sorted(counts.items())))
+        if gmap is not None:
+            summary["guest_map"] = dict(gm_counts)
+
+    return ImportResult(batches=batches(), info=options_info(options, path), summary=summary)

@@ -23,13 +23,11 @@ import as a host agent (``--agent host.sim``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
 
 import polars as pl
 
-from .tabular import options_info
 from .base import ImportOptions, ImportResult
-from ._lines import fail_first, finish, hex_u64, iter_line_batches
+from ._lines import fail_first, finish, hex_u64, read_access_stream
 
 EXT = r"^\s*(?P<t>[rwimcvRWIMCV])\s+(?:0[xX])?(?P<a>[0-9a-fA-F]+)\s+(?:0[xX])?(?P<s>[0-9a-fA-F]+)(?:\s.*)?$"
 TRAD = r"^\s*(?P<l>[0-5])\s+(?:0[xX])?(?P<a>[0-9a-fA-F]+)(?:\s.*)?$"
@@ -52,34 +50,12 @@ class DinImporter:
         return bool(lines) and all(re.match(EXT, ln) or re.match(TRAD, ln) for ln in lines[:-1] or lines)
 
     def read(self, path: Path, options: ImportOptions) -> ImportResult:
-        path = Path(path)
-        src = str(path)
-        agent = options.agent or self.agent
-        counts: dict[str, int] = {}
-        summary: dict[str, Any] = {"format": self.format, "agent": agent,
-                                   "note": "no memory types, no timestamps; addresses as recorded"}
-        result = ImportResult(batches=iter(()), info=options_info(options, path), summary=summary)
-        gmap = None
-        if options.guest_map is not None:
-            from .guest_map import load_guest_map
-            gmap = load_guest_map(options.guest_map)
-        gm_counts: dict[str, int] = {}
+        return read_access_stream(path, options, fmt=self.format, default_agent=self.agent,
+                                  note="no memory types, no timestamps; addresses as recorded", decode=_decode)
 
-        def batches() -> Iterator[pl.DataFrame]:
-            for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):
-                df = lines.filter(~pl.col("line").str.contains(r"^\s*$"))
-                yield_df = _decode_lines(df, src, agent, counts)
-                if yield_df.height:
-                    if gmap is not None:
-                        from .guest_map import apply_guest_map
-                        yield_df = apply_guest_map(yield_df, gmap, gm_counts)
-                    yield yield_df
-            summary.update(dict(sorted(counts.items())))
-            if gmap is not None:
-                summary["guest_map"] = dict(gm_counts)
 
-        result.batches = batches()
-        return result
+def _decode(lines: pl.DataFrame, src: str, agent: str, counts: dict[str, int]) -> pl.DataFrame:
+    return _decode_lines(lines.filter(~pl.col("line").str.contains(r"^\s*$")), src, agent, counts)
 
 
 def _decode_lines(df: pl.DataFrame, src: str, agent: str, counts: dict[str, int]) -> pl.DataFrame:

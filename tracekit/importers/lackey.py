@@ -17,12 +17,11 @@ not to study a KVM guest.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
 
 import polars as pl
 
 from .base import ImportOptions, ImportResult
-from ._lines import dec_u64, fail_first, finish, hex_u64, iter_line_batches
+from ._lines import dec_u64, fail_first, finish, hex_u64, read_access_stream
 
 RECORD = r"^(?:I |\s[LSM])\s+(?P<a>[0-9a-fA-F]+),(?P<s>\d+)\s*$"
 START = r"^(?:I\s|\s[LSM]\s)"
@@ -48,50 +47,41 @@ class LackeyImporter:
             any(re.match(BANNER, ln) for ln in lines) or len(recs) >= 2)
 
     def read(self, path: Path, options: ImportOptions) -> ImportResult:
-        path = Path(path)
-        src = str(path)
-        agent = options.agent or self.agent
-        counts: dict[str, int] = {}
-        summary: dict[str, Any] = {"format": self.format, "agent": agent,
-                                   "note": "virtual addresses of one process; no memory types, no timestamps"}
-        from .tabular import options_info
-        result = ImportResult(batches=iter(()), info=options_info(options, path), summary=summary)
+        return read_access_stream(
+            path, options, fmt=self.format, default_agent=self.agent,
+            note="virtual addresses of one process; no memory types, no timestamps",
+            decode=lambda lines, src, agent, counts: _decode(lines, src, agent, counts, options.strict))
 
-        def batches() -> Iterator[pl.DataFrame]:
-            for lines in iter_line_batches(path, quiet=options.quiet, desc=f"reading {path.name}"):
-                df = lines.with_columns(
-                    pl.when(pl.col("line").str.contains(BANNER)).then(pl.lit("valgrind"))
-                    .when(pl.col("line").str.contains(r"^\s*$")).then(pl.lit("blank"))
-                    .when(pl.col("line").str.contains(START)).then(pl.lit("record"))
-                    .otherwise(pl.lit("unknown")).alias("kind"))
-                for k, n in df.group_by("kind").len().iter_rows():
-                    counts[f"lines_{k}"] = counts.get(f"lines_{k}", 0) + int(n)
-                if options.strict:
-                    fail_first(df.filter(pl.col("kind") == "unknown"), src,
-                               "a Lackey line 'I  ADDR,SIZE', ' L|S|M ADDR,SIZE' or a '==PID==' line")
-                rec = df.filter(pl.col("kind") == "record").with_columns(
-                    pl.col("line").str.extract_groups(RECORD).alias("g"),
-                    pl.col("line").str.slice(0, 2).str.strip_chars().alias("t"))
-                fail_first(rec.filter(pl.col("g").struct.field("a").is_null()), src,
-                           "'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE' (hex address, decimal size)")
-                rec = rec.with_columns(hex_u64(pl.col("g").struct.field("a")).alias("addr"),
-                                       dec_u64(pl.col("g").struct.field("s")).alias("size"))
-                fail_first(rec.filter(pl.col("size") == 0), src, "a size of at least 1")
-                for k, n in rec.group_by("t").len().iter_rows():
-                    counts[f"records_{k}"] = counts.get(f"records_{k}", 0) + int(n)
-                # M = read then write: one row per access, in order
-                rec = rec.with_columns(
-                    pl.col("t").replace_strict({"I": ["ifetch"], "L": ["read"], "S": ["write"],
-                                                "M": ["read", "write"]},
-                                               return_dtype=pl.List(pl.String)).alias("op")).explode("op")
-                out = rec.select("src_line", pl.lit(agent).alias("agent"), "op", "addr", "size",
-                                 pl.when(pl.col("t") == "M").then(pl.lit("lackey modify")).alias("detail"))
-                if out.height:
-                    yield finish(out, src)
-            summary.update(dict(sorted(counts.items())))
 
-        result.batches = batches()
-        return result
+def _decode(lines: pl.DataFrame, src: str, agent: str, counts: dict[str, int], strict: bool) -> pl.DataFrame:
+    df = lines.with_columns(
+        pl.when(pl.col("line").str.contains(BANNER)).then(pl.lit("valgrind"))
+        .when(pl.col("line").str.contains(r"^\s*$")).then(pl.lit("blank"))
+        .when(pl.col("line").str.contains(START)).then(pl.lit("record"))
+        .otherwise(pl.lit("unknown")).alias("kind"))
+    for k, n in df.group_by("kind").len().iter_rows():
+        counts[f"lines_{k}"] = counts.get(f"lines_{k}", 0) + int(n)
+    if strict:
+        fail_first(df.filter(pl.col("kind") == "unknown"), src,
+                   "a Lackey line 'I  ADDR,SIZE', ' L|S|M ADDR,SIZE' or a '==PID==' line")
+    rec = df.filter(pl.col("kind") == "record").with_columns(
+        pl.col("line").str.extract_groups(RECORD).alias("g"),
+        pl.col("line").str.slice(0, 2).str.strip_chars().alias("t"))
+    fail_first(rec.filter(pl.col("g").struct.field("a").is_null()), src,
+               "'I  ADDR,SIZE' or ' L|S|M ADDR,SIZE' (hex address, decimal size)")
+    rec = rec.with_columns(hex_u64(pl.col("g").struct.field("a")).alias("addr"),
+                           dec_u64(pl.col("g").struct.field("s")).alias("size"))
+    fail_first(rec.filter(pl.col("size") == 0), src, "a size of at least 1")
+    for k, n in rec.group_by("t").len().iter_rows():
+        counts[f"records_{k}"] = counts.get(f"records_{k}", 0) + int(n)
+    # M = read then write: one row per access, in order
+    rec = rec.with_columns(
+        pl.col("t").replace_strict({"I": ["ifetch"], "L": ["read"], "S": ["write"],
+                                    "M": ["read", "write"]},
+                                   return_dtype=pl.List(pl.String)).alias("op")).explode("op")
+    out = rec.select("src_line", pl.lit(agent).alias("agent"), "op", "addr", "size",
+                     pl.when(pl.col("t") == "M").then(pl.lit("lackey modify")).alias("detail"))
+    return finish(out, src) if out.height else out
 
 
 IMPORTER = LackeyImporter()
