@@ -281,7 +281,7 @@ def typed_fields(*, line_size: int) -> Fields:
     return Fields([stages[0] + prepare, stages[1] + later, stages[2], stages[3]], columns, checks, line_size)
 
 
-def _uint_fast(s: pl.Series) -> pl.Series | None:
+def uint_fast(s: pl.Series) -> pl.Series | None:
     """Decimal or 0x-hex text -> u64, or None if any value is malformed or too big.
 
     ``str.to_integer`` accepts exactly NUMBER_RE's digits plus a leading '+',
@@ -308,9 +308,9 @@ def _uint_fast(s: pl.Series) -> pl.Series | None:
     return v if v.null_count() == nulls else None
 
 
-def _size_fast(s: pl.Series) -> pl.Series | None:
+def size_fast(s: pl.Series) -> pl.Series | None:
     """A size (number, optional K/M/G) -> bytes, or None if any is malformed or too big."""
-    v = _uint_fast(s)
+    v = uint_fast(s)
     if v is not None:
         return v
     frame = pl.DataFrame({"size": s})
@@ -363,10 +363,10 @@ def _fast_typed(df: pl.DataFrame, line_size: int, keep: tuple[str, ...]) -> pl.D
         return None
     agents, ops, cmos, sysregs, attrs = names
     # numbers, parsed once
-    addr = _uint_fast(df["addr"])
-    value = _uint_fast(df["value"])
-    size = _size_fast(df["size"])
-    idx = _uint_fast(df["attr_index"])
+    addr = uint_fast(df["addr"])
+    value = uint_fast(df["value"])
+    size = size_fast(df["size"])
+    idx = uint_fast(df["attr_index"])
     if addr is None or value is None or size is None or idx is None or (idx > 7).any():
         return None
     time = df["time"].cast(pl.Float64, strict=False)

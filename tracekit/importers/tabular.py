@@ -48,7 +48,7 @@ from ..errors import TraceFormatError
 from ..model import ATTR_ALIASES, CMO_WITHOUT_ADDRESS, TraceInfo
 from ..schema import trace_columns
 from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
-from ..validate import _size_fast, _uint_fast  # the text path's own number parsing (Fields.fast)
+from ..validate import size_fast, uint_fast  # the text path's own number parsing (Fields.fast)
 from .base import ImportOptions, ImportResult
 from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings, release
 
@@ -202,7 +202,7 @@ def _numbers_from_text(df: pl.DataFrame) -> pl.DataFrame | None:
     for c in TEXT_NUMBERS:
         if c not in df.columns or df[c].dtype != pl.String:
             continue
-        v = _size_fast(df[c]) if c == "size" else _uint_fast(df[c])
+        v = size_fast(df[c]) if c == "size" else uint_fast(df[c])
         if v is None:
             return None
         out[c] = v
