@@ -42,7 +42,7 @@ def outcome(path: Path):
 
 def text_path_only(monkeypatch) -> None:
     """Disable the typed speed path: every chunk is converted from text by the scenario rules."""
-    monkeypatch.setattr(tabular, "_typed_fast", lambda df, line_size: None)
+    monkeypatch.setattr(tabular, "_typed_fast", lambda df, line_size, **_: None)
 
 
 def same(a, b) -> bool:

@@ -197,24 +197,36 @@ def write_table(
     # plain pages as well as the default level at a fraction of the CPU; lz4 or
     # snappy would save ~15% more CPU but double the file size.
     dictionary = [f.name for f in target if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    # Tables go to the writer as polars holds them (string views, no copy: converting
+    # them to Arrow strings was a third of the writer's CPU). The file stores Parquet
+    # types only, so every reader sees plain strings; the Arrow schema is not stored
+    # (it would say string_view), which is why the metadata is added by hand.
+    target = pa.schema([f.with_type(pa.string_view()) if f.name in dictionary else f for f in target])
+    newest = pl.CompatLevel.newest()
+
+    def writer_for(table: pa.Table) -> pq.ParquetWriter:
+        return pq.ParquetWriter(tmp, table.schema, compression="zstd", compression_level=1,
+                                use_dictionary=dictionary, store_schema=False)
+
     with AtomicPath(dest, force=force) as tmp:
         writer = None
         try:
             for df in _slices(batches):
-                table = conform(df, schema, extra=extra_columns).to_arrow()
+                frame = conform(df, schema, extra=extra_columns)
+                coded = [c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))]
+                if coded:  # compact frames: Arrow casts no dictionary to a string view
+                    frame = frame.with_columns(pl.col(coded).cast(pl.String))
+                table = frame.to_arrow(compat_level=newest)
                 if not extra_columns and not table.schema.equals(target):
                     table = table.cast(target)
                 if writer is None:
-                    writer = pq.ParquetWriter(
-                        tmp, table.schema.with_metadata(meta), compression="zstd", compression_level=1,
-                        use_dictionary=dictionary,
-                    )
-                writer.write_table(table.replace_schema_metadata(meta), row_group_size=row_group)
+                    writer = writer_for(table)
+                writer.write_table(table, row_group_size=row_group)
             if writer is None:  # no batches: an empty but valid file
-                empty = conform(pl.DataFrame(), schema).to_arrow().cast(target)
-                writer = pq.ParquetWriter(tmp, empty.schema.with_metadata(meta), compression="zstd",
-                                          compression_level=1, use_dictionary=dictionary)
-                writer.write_table(empty.replace_schema_metadata(meta))
+                empty = conform(pl.DataFrame(), schema).to_arrow(compat_level=newest).cast(target)
+                writer = writer_for(empty)
+                writer.write_table(empty)
+            writer.add_key_value_metadata(meta)
         finally:
             if writer is not None:
                 writer.close()

@@ -330,25 +330,29 @@ class BatchNames(NamedTuple):
     attrs: list
 
 
-def batch_names(df: pl.DataFrame) -> BatchNames | None:
+def batch_names(df: pl.DataFrame, distinct: dict[str, pl.Series] | None = None) -> BatchNames | None:
     """The distinct agent, op, cmo, sysreg and attr names of a batch when all are valid, else None.
 
     The fast paths check the few distinct names once each; on None the exact
-    checks run and name the first bad line.
+    checks run and name the first bad line. ``distinct``: columns whose distinct
+    values (nulls included) the reader already knows.
     """
-    agents = df["agent"].unique()
+    def unique(c: str) -> pl.Series:
+        return distinct[c] if distinct and c in distinct else df[c].unique()
+
+    agents = unique("agent")
     if agents.null_count() or not agents.str.contains(AGENT_RE).all():
         return None
-    ops = df["op"].unique()
+    ops = unique("op")
     if ops.null_count() or not ops.is_in(list(OPS)).all():
         return None
-    cmos = df["cmo"].drop_nulls().unique()
+    cmos = unique("cmo").drop_nulls()
     if not cmos.is_in(list(CMO_OPS)).all():
         return None
-    sysregs = df["sysreg"].drop_nulls().unique()
+    sysregs = unique("sysreg").drop_nulls()
     if not sysregs.str.contains(SYSREG_RE).all():
         return None
-    attrs = df["attr"].drop_nulls().unique().to_list()
+    attrs = unique("attr").drop_nulls().to_list()
     if any(a not in ATTR_ALIASES for a in attrs):
         return None
     return BatchNames(agents, ops, cmos, sysregs, attrs)

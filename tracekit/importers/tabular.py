@@ -16,9 +16,12 @@ beside the input (the input's full name plus ``.settings.tkt``, e.g.
 rows get the same checks as a scenario (tracekit.validate).
 
 Both formats stream in chunks of whole lines (~8 MiB), so memory stays bounded
-whatever the file size; two chunks are parsed at once. Each chunk is first read
-with the numbers typed by the reader itself (pyarrow's CSV reader, polars' NDJSON
-reader): decimal or ``0x`` numbers in CSV, JSON numbers in JSONL. If that read
+whatever the file size; two chunks are parsed at once. A JSONL chunk of plain flat
+objects (the common shape) is read by one compiled scan that checks the keys and
+types the values together (tracekit.importers._flat_json); any other chunk, and
+every CSV chunk, is first read with the numbers typed by the reader itself
+(pyarrow's CSV reader, polars' NDJSON reader): decimal or ``0x`` numbers in CSV,
+JSON numbers in JSONL. If that read
 refuses the chunk, a second one takes ``addr size value`` as text and converts
 them with the text path's number rules (``"0x..."`` strings in JSON, ``4K``
 sizes). A chunk still refused, or with a row that breaks a rule, is read as text
@@ -49,6 +52,8 @@ from ..model import ATTR_ALIASES, CMO_WITHOUT_ADDRESS, TraceInfo
 from ..schema import trace_columns
 from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
 from ..validate import size_fast, uint_fast  # the text path's own number parsing (Fields.fast)
+from . import _flat_json as flat_json
+from ._flat_json import read_flat
 from .base import ImportOptions, ImportResult
 from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings, release
 
@@ -209,7 +214,8 @@ def _numbers_from_text(df: pl.DataFrame) -> pl.DataFrame | None:
     return df.with_columns(**out) if out else df
 
 
-def _typed_fast(df: pl.DataFrame, line_size: int) -> pl.DataFrame | None:
+def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Series] | None = None
+                ) -> pl.DataFrame | None:
     """Trace-v1 columns of a chunk whose numbers were typed by the reader, when every row is valid.
 
     ``df`` holds the text fields with ``time`` Float64 and ``addr size value
@@ -218,10 +224,11 @@ def _typed_fast(df: pl.DataFrame, line_size: int) -> pl.DataFrame | None:
     same rows as text: the few distinct names checked once each, the structural
     rules as boolean masks. None means "some row may break a rule": the caller
     reads the chunk again as text, and the exact checks name the first bad line.
+    ``distinct``: the distinct values of some text columns, when the reader knows them.
     """
     n = df.height
     agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
-    names = batch_names(df)
+    names = batch_names(df, distinct)
     if names is None:
         return None
     agents, ops, cmos, sysregs, attrs = names
@@ -455,6 +462,7 @@ class JsonlImporter:
         # numba and the compiled key scan are loaded here, in the calling thread, before any
         # worker thread runs (~0.3 s once per process; an import racing other threads can deadlock)
         _load_key_scan()
+        flat_json.warm_up()
         return result
 
     def _batches(self, path: Path, src: str, info: TraceInfo, options: ImportOptions,
@@ -508,6 +516,12 @@ class JsonlImporter:
         def typed(chunk: tuple[bytes, int, int]) -> pl.DataFrame:
             # runs in the worker threads (polars and the compiled key scan release the GIL)
             raw, first_line, lines = chunk
+            flat = read_flat(raw, lines)  # the common shape, keys checked and values typed in one scan
+            if flat is not None:
+                fast = _typed_fast(_with_text_fields(flat.frame, first_line, typed=True), info.line_size,
+                                   distinct=flat.distinct)
+                if fast is not None:
+                    return rows.finish(fast)
             bad = _unknown_key(raw)
             if bad is not None:
                 rel, cut, key = bad
