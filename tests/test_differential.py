@@ -30,9 +30,10 @@ def _examples(n: int) -> int:
     return max(1, int(n * SCALE))
 
 
-def check_same(resolved: pl.DataFrame, info, *, speculation: str, mitigation: str = "none") -> pl.DataFrame:
+def check_same(resolved: pl.DataFrame, info, *, speculation: str, mitigation: str = "none",
+               same_trace: object | None = None) -> pl.DataFrame:
     want = reference.replay(resolved, info, mitigation=mitigation, speculation=speculation)
-    got = fast.replay(resolved, info, mitigation=mitigation, speculation=speculation)
+    got = fast.replay(resolved, info, mitigation=mitigation, speculation=speculation, same_trace=same_trace)
     assert_frame_equal(got, want)
     return want
 
@@ -133,3 +134,54 @@ def test_one_layout_serves_several_mitigations(trace):
     frames += [apply_mitigation(resolved, spec, info)[0] for spec in ("host-cmo", "mair-trap", "kvm-cache-toggle")]
     for frame in frames + frames[:1]:
         check_same(frame, info, speculation="architectural")
+
+
+class _AlwaysChangedLines:
+    """Force the fast engine to replay only the changed lines, however many changed."""
+
+    def __enter__(self):
+        self.saved = fast._MOST_CHANGED
+        fast._MOST_CHANGED = 2.0
+
+    def __exit__(self, *exc):
+        fast._MOST_CHANGED = self.saved
+
+
+@settings(max_examples=_examples(300), **_SETTINGS)
+@given(trace=traces(max_events=60), data=st.data(), speculation=st.sampled_from(["architectural", "observed"]))
+def test_changed_lines_replay_gives_the_reference_findings(trace, data, speculation):
+    """Rule (architecture.md, "Replaying only the changed lines"): after a replay that inserted
+    nothing, a frame of the same trace is scanned only on the lines whose pieces differ (other
+    attributes, or inserted pieces) and keeps the earlier findings elsewhere, relabelled; the
+    result must be the reference engine's, row for row and in order."""
+    from tracekit.mitigations import apply_mitigation
+
+    events, info = trace
+    resolved = resolve(events, info)
+    token = object()
+    with _AlwaysChangedLines():
+        check_same(resolved, info, speculation=speculation, same_trace=token)  # the baseline
+        for _ in range(2):
+            check_same(data.draw(mitigation_like(resolved)), info, speculation=speculation, mitigation="x",
+                       same_trace=token)
+        for spec in data.draw(st.lists(st.sampled_from(MITIGATIONS), min_size=1, max_size=3)):
+            mitigated, minfo, _cost = apply_mitigation(resolved, spec, info)
+            check_same(mitigated, minfo, speculation=speculation, mitigation=spec, same_trace=token)
+
+
+def test_changed_lines_replay_needs_the_same_trace():
+    """Two traces whose recorded accesses match (same layout key) but whose agents differ: the
+    first one's findings must not be reused for the second (each call's own same_trace token)."""
+    from tracekit.testing import scenario
+
+    runs = []
+    with _AlwaysChangedLines():
+        for agent in ("guest.0", "guest.1"):
+            tr = scenario(f"""
+                @region ram 0x40000000 1M ram
+                {agent} write 0x40000000 8
+                host read 0x40000000 8
+                """)
+            runs.append(check_same(resolve(tr.events, tr.info), tr.info, speculation="architectural",
+                                   same_trace=object()))
+    assert runs[0].height and runs[0]["other_agent"].to_list() != runs[1]["other_agent"].to_list()

@@ -150,7 +150,10 @@ def analyze(
     info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
     resolved = resolve(tr.events, info)
     engine_replay = get_engine(engine)
-    extra = {"reuse": len(specs) > 1} if engine == "fast" else {}
+    # fast engine, several mitigations: keep the per-line layout, and (same_trace) the findings of
+    # the first replay, so that each mitigation is scanned only on the lines it changes
+    extra = {"reuse": len(specs) > 1, "same_trace": object() if len(specs) > 1 else None} \
+        if engine == "fast" else {}
 
     def replay(mitigated: pl.DataFrame, minfo: TraceInfo, spec: str) -> pl.DataFrame:
         return engine_replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra)

@@ -534,3 +534,52 @@ def relayout(seq, sub, layout_seq, layout_attr, path_code, path_lut, hostc):
         pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_lut[path_code[p]])
         attr[k] = a | (pth << U_PATH) | (np.uint64(hostc[p]) << U_HOSTC)
     return pos, attr
+
+
+@njit(cache=True, nogil=True)
+def changed_lines(line, attr, kept_attr):
+    """Distinct lines (ascending; ``line`` is sorted) holding a piece whose attributes differ."""
+    n = line.shape[0]
+    out = np.empty(n, np.uint64)
+    k = 0
+    for i in range(n):
+        if attr[i] != kept_attr[i] and (k == 0 or out[k - 1] != line[i]):
+            out[k] = line[i]
+            k += 1
+    return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def on_lines(line, lines):
+    """Per piece (``line`` sorted): whether its line is one of ``lines`` (sorted, distinct)."""
+    n = line.shape[0]
+    out = np.zeros(n, np.bool_)
+    j = 0
+    m = lines.shape[0]
+    for i in range(n):
+        while j < m and lines[j] < line[i]:
+            j += 1
+        if j >= m:
+            break
+        out[i] = lines[j] == line[i]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def union_lines(a, b):
+    """Distinct values of two ascending arrays (repeats allowed), ascending: one merge pass."""
+    out = np.empty(a.shape[0] + b.shape[0], np.uint64)
+    i = 0
+    j = 0
+    k = 0
+    while i < a.shape[0] or j < b.shape[0]:
+        if j >= b.shape[0] or (i < a.shape[0] and a[i] <= b[j]):
+            v = a[i]
+            i += 1
+        else:
+            v = b[j]
+            j += 1
+        if k == 0 or out[k - 1] != v:
+            out[k] = v
+            k += 1
+    return out[:k].copy()

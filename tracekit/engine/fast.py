@@ -182,14 +182,16 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
 
 
 def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: TraceInfo,
-                   mitigation: str, compact: bool = False) -> pl.DataFrame:
+                   mitigation: str, compact: bool = False, *, with_pos: bool = False):
     """findings-v1 rows from the kernel's positions, sorted by (seq, line, kind, cause).
 
     The sort is numeric (positions follow (seq, sub); kind and cause codes are numbered
-    in their string order), then every column is one gather.
+    in their string order), then every column is one gather. ``with_pos``: also the
+    rows' event positions, as (frame, positions).
     """
     if raw.shape[0] == 0:
-        return conform(empty_findings(), FINDINGS_SCHEMA, compact=compact)
+        empty = conform(empty_findings(), FINDINGS_SCHEMA, compact=compact)
+        return (empty, np.zeros(0, np.int64)) if with_pos else empty
     row = raw[:, 0]
     pos = pieces.pos[row]
     line = pieces.line[row]
@@ -227,7 +229,8 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
         "src_line": at["src_line"],
         "src_offset": at["src_offset"],
     })
-    return conform(df, FINDINGS_SCHEMA, compact=compact)
+    out = conform(df, FINDINGS_SCHEMA, compact=compact)
+    return (out, pos) if with_pos else out
 
 
 def _sorted(events: pl.DataFrame) -> pl.DataFrame:
@@ -241,12 +244,38 @@ def _sorted(events: pl.DataFrame) -> pl.DataFrame:
 
 
 class _Layout:
-    """The recorded events' pieces in (line, seq) order, kept between mitigations of one trace."""
+    """The recorded events' pieces in (line, seq) order, kept between mitigations of one trace.
 
-    __slots__ = ("key", "seq", "line", "attr")
+    ``baseline``: when the replay that made the layout inserted nothing, its findings and
+    whole-cache operations, so that a later mitigation is replayed only on the lines it
+    changes (see ``replay``).
+    """
+
+    __slots__ = ("key", "seq", "line", "attr", "baseline")
 
     def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray):
         self.key, self.seq, self.line, self.attr = key, seq, line, attr
+        self.baseline: _Baseline | None = None
+
+
+class _Baseline:
+    """The findings of the replay that made a layout, and what else they depended on."""
+
+    __slots__ = ("findings", "globals", "speculation", "compact", "token")
+
+    def __init__(self, findings: pl.DataFrame, globals_: tuple, speculation: str, compact: bool, token: object):
+        self.findings, self.globals, self.speculation, self.compact = findings, globals_, speculation, compact
+        self.token = token  # the caller's same_trace: the layout's key does not cover agents, sources...
+
+
+class _Placed:
+    """Pieces of a frame, and how they came: the kept layout used (if any) and the lines they
+    differ from it on (recorded pieces with other attributes, and every inserted piece's line)."""
+
+    __slots__ = ("pieces", "layout", "touched")
+
+    def __init__(self, pieces: Pieces, layout: "_Layout | None", touched: np.ndarray | None):
+        self.pieces, self.layout, self.touched = pieces, layout, touched
 
 
 _LAST: _Layout | None = None
@@ -259,6 +288,11 @@ def clear_cache() -> None:
 
 
 def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> Pieces:
+    """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order (see ``_placed``)."""
+    return _placed(events, info, reuse=reuse).pieces
+
+
+def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Placed:
     """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order.
 
     A mitigation leaves the recorded events' addresses alone: it inserts events (``sub``
@@ -293,12 +327,14 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
         key = (info.line_size, info.stage2, int(count), int(total), int(xor))
     inserted = np.flatnonzero(~recorded)
     layout = _LAST if reuse else None
+    used = None
     if layout is not None and layout.key == key:
         from ..resolve import PATH_ENUM
 
         pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, _codes(events["path"], PATH_ENUM),
                                _lookup_tables(False)[2], events["host_cacheable"].fill_null(False).to_numpy())
         rec = Pieces(layout.line, pos, attr)
+        used = layout
     else:
         if len(inserted):
             rec = explode(events, info, rows=np.flatnonzero(recorded))
@@ -306,23 +342,98 @@ def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> P
             rec = explode(events, info)
         if reuse:
             _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
+    touched = None
+    if used is not None and used.baseline is not None:
+        touched = K.changed_lines(rec.line, rec.attr, used.attr)
     if not len(inserted):
-        return rec
+        return _Placed(rec, used, touched)
     ins = explode(events, info, rows=inserted)
-    return Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr))
+    if touched is not None:
+        touched = K.union_lines(touched, ins.line)  # both ascending (np.union1d hashes: seconds)
+    return _Placed(Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr)), used, touched)
 
 
 def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
-           speculation: str = "architectural", compact: bool = False, reuse: bool = True) -> pl.DataFrame:
+           speculation: str = "architectural", compact: bool = False, reuse: bool = True,
+           same_trace: object | None = None) -> pl.DataFrame:
     """Findings of a resolved (and mitigated) frame; identical to ``reference.replay``.
 
     ``compact``: string columns as Enum/Categorical (``schema.polars_schema``), as `analyze` keeps them.
     ``reuse``: keep (and use) the recorded events' per-line layout for the next mitigation of the
     same trace; a single replay need not pay the memory.
+    ``same_trace``: a token the caller passes with every frame of one resolved trace (`analyze`
+    makes one per call). With it, the findings of a replay that inserted nothing are kept, and
+    later frames with the same token are scanned only on the lines where they differ.
     """
     if speculation not in ("architectural", "observed"):
         raise UsageError(f"--speculation: expected architectural or observed, found {speculation!r}")
     events = _sorted(events)
-    pieces = pieces_of(events, info, reuse=reuse)
-    raw = scan(pieces, global_ops(events, info), events.height, info, speculation)
-    return findings_frame(raw, pieces, events, info, mitigation, compact)
+    placed = _placed(events, info, reuse=reuse)
+    pieces = placed.pieces
+    globals_ = global_ops(events, info)
+    base = placed.layout.baseline if placed.layout is not None and same_trace is not None else None
+    if base is not None and base.token is same_trace and base.speculation == speculation \
+            and base.compact == compact:
+        seq_sub = _seq_sub(events)
+        if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
+            found = _replay_changed_lines(placed, globals_, events, info, mitigation, speculation, compact, base,
+                                          seq_sub)
+            if found is not None:
+                return found
+    raw = scan(pieces, globals_, events.height, info, speculation)
+    found = findings_frame(raw, pieces, events, info, mitigation, compact)
+    layout = _LAST if reuse else None
+    if same_trace is not None and layout is not None and placed.layout is None \
+            and layout.seq.shape[0] == len(pieces):
+        # this replay made the layout and inserted nothing: later mitigations of the trace are
+        # replayed against it only on the lines where they differ
+        seq_sub = _seq_sub(events)
+        layout.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact,
+                                    same_trace)
+    return found
+
+
+#: Above this share of the pieces on changed lines, a mitigation is replayed whole.
+_MOST_CHANGED = 0.6
+
+
+def _seq_sub(events: pl.DataFrame) -> np.ndarray:
+    """(seq, sub) of every row as one integer: the identity of an event across frames of one trace."""
+    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
+    sub = events["sub"].to_numpy().astype(np.int64, copy=False)
+    return (seq << np.uint64(32)) | (sub + (1 << 31)).astype(np.uint64)
+
+
+def _replay_changed_lines(placed: _Placed, globals_: tuple, events: pl.DataFrame, info: TraceInfo,
+                          mitigation: str, speculation: str, compact: bool, base: _Baseline,
+                          seq_sub: np.ndarray) -> pl.DataFrame | None:
+    """Findings of a mitigated frame from the baseline's on the lines it leaves alone.
+
+    Every hazard is local to one line: given the same whole-cache operations (the same
+    events, by seq and sub), a line whose pieces are the baseline's (same recorded events
+    in the same order, same attributes, nothing inserted) has the baseline's findings on
+    it, event for event. Only the changed lines are scanned; the rest are the baseline's
+    rows relabelled, and both are put in the engine's order (seq, sub, line, kind, cause).
+    None: too much changed to be worth it (the caller replays everything).
+    """
+    from . import _fast_kernel as K
+
+    pieces, touched = placed.pieces, placed.touched
+    assert touched is not None
+    keep = K.on_lines(pieces.line, touched)
+    if keep.sum() > _MOST_CHANGED * len(pieces):
+        return None
+    part = pieces.take(np.flatnonzero(keep))
+    raw = scan(part, globals_, events.height, info, speculation)
+    fresh, pos = findings_frame(raw, part, events, info, mitigation, compact, with_pos=True)
+    old = base.findings
+    if touched.size:
+        old = old.filter(~pl.col("line").is_in(pl.Series(touched * np.uint64(info.line_size)).implode()))
+    old = old.with_columns(pl.lit(mitigation).cast(old.schema["mitigation"]).alias("mitigation"))
+    if fresh.height == 0:
+        return old
+    if old.height == 0:
+        return fresh
+    both = pl.concat([old.with_columns(_k=pl.col("seq").cast(pl.UInt64) * (1 << 32) + (1 << 31)),
+                      fresh.with_columns(_k=pl.Series(seq_sub[pos]))], how="vertical")
+    return both.sort("_k", "line", "kind", "cause", maintain_order=True).drop("_k")
