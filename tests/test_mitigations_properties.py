@@ -254,3 +254,32 @@ def test_type_mitigations_postconditions(trace, spec):
                 assert r["mem_type"] == b["mem_type"]
     changed = sum(1 for r in recorded_rows(frame) if r["mem_type"] != before[r["seq"]]["mem_type"])
     assert cost.retyped_accesses == changed
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(n=st.integers(1, 40), data=st.data())
+def test_add_events_is_a_stable_sort_of_trace_and_inserted_events(n, data):
+    """Contract (docs/architecture.md, "Order of inserted events"): the frame with the inserted
+    events is in (seq, sub) order, ties keeping the trace's row first and the inserted rows in
+    their order. add_events chains slices when the inserted rows go to few places, merges
+    otherwise: both must give exactly that sort."""
+    from tracekit.mitigations import base
+
+    seqs = sorted(data.draw(st.lists(st.integers(0, 30), min_size=n, max_size=n)))
+    trace = pl.DataFrame({"seq": pl.Series(seqs, dtype=pl.UInt64), "sub": pl.Series([0] * n, dtype=pl.Int32),
+                          "tag": [f"t{i}" for i in range(n)]})
+    # sub 0 too: an inserted row may tie with a trace row (the trace row comes first)
+    subs = st.sampled_from([-65, -2, -1, 0, 1, 2, 64])
+    places = data.draw(st.lists(st.sampled_from(seqs), min_size=1, max_size=3))
+    rows = data.draw(st.lists(st.tuples(st.sampled_from(places) | st.integers(0, 31), subs), max_size=300))
+    inserted = pl.DataFrame({"seq": pl.Series([r[0] for r in rows], dtype=pl.UInt64),
+                             "sub": pl.Series([r[1] for r in rows], dtype=pl.Int32),
+                             "tag": [f"i{i}" for i in range(len(rows))]})
+    want = pl.concat([trace, inserted]).sort("seq", "sub", maintain_order=True)
+    saved = base._FEW_INSERTED
+    try:
+        for few in (0, 1 << 30):  # the merge, then the chained slices, whatever the number of places
+            base._FEW_INSERTED = few
+            assert base.add_events(trace, inserted).collect().equals(want), few
+    finally:
+        base._FEW_INSERTED = saved

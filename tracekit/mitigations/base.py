@@ -376,13 +376,15 @@ def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:
     new = pl.concat(ins, how="vertical").sort("seq", "sub", maintain_order=True)
     top = max(int(base["seq"].max() or 0), int(new["seq"].max() or 0))
     if base.height and top < (1 << 32) and _ordered(base):
-        if new.height <= _FEW_INSERTED:
-            # a handful of events (a whole-RAM clean per cache toggle): the trace is cut at their
-            # places and the pieces chained, no row of the trace is copied
-            at = np.searchsorted(_packed(base), _packed(new), side="right")  # ties: base first
+        at = np.searchsorted(_packed(base), _packed(new), side="right")  # ties: base first
+        runs = np.flatnonzero(np.diff(at)) + 1  # new rows starting another place in the trace
+        if len(runs) < _FEW_INSERTED:
+            # a few places (a whole-RAM clean per cache toggle, the lines a vCPU wrote before its
+            # MMU came on): the trace is cut there and the pieces chained, no row is copied
             pieces, start = [], 0
-            for i, cut in enumerate(at.tolist()):
-                pieces += [base.slice(start, cut - start), new.slice(i, 1)]
+            for first, last in zip([0, *runs.tolist()], [*runs.tolist(), new.height]):
+                cut = int(at[first])
+                pieces += [base.slice(start, cut - start), new.slice(first, last - first)]
                 start = cut
             pieces.append(base.slice(start))
             return pl.concat([p for p in pieces if p.height], how="vertical", rechunk=False).lazy()
@@ -392,7 +394,8 @@ def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:
     return pl.concat([base, new], how="vertical").sort("seq", "sub", maintain_order=True).lazy()
 
 
-#: At most this many inserted events are chained between slices of the trace instead of merged.
+#: Inserted events going to fewer places in the trace than this are chained between slices of
+#: it instead of merged in.
 _FEW_INSERTED = 64
 
 
