@@ -413,10 +413,13 @@ def replay_partitioned(
         buckets = _Buckets(tmp, width)
         for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
             resolved = resolve(_part_frame(tmp, p, glob, last), info)
+            # the fast engine replays each later mitigation of this part only on the lines it changes
+            part_of_trace = {"same_trace": object()} if engine == "fast" and len(specs) > 1 else {}
             for m, s in enumerate(specs):
                 mitigated, minfo, cost = apply_mitigation(resolved, s, info)
                 _add_cost(totals[s], cost.to_dict(), +1)
-                buckets.add(m, _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation), p, owners))
+                buckets.add(m, _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation,
+                                             **part_of_trace), p, owners))
                 del mitigated
             del resolved
         buckets.close()
