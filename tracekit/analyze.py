@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,7 +24,8 @@ from .errors import UsageError
 from .findings import CAUSE_TITLES, explain
 from .model import TraceInfo
 from .resolve import resolve
-from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, polars_schema, read_metadata, write_table
+from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_metadata,
+                     write_table)
 
 
 class Analysis:
@@ -120,6 +122,8 @@ def analyze(
     line_size: int | None = None,
     quiet: bool = True,
     keep_transformed: bool = False,
+    output: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> Analysis:
     """Replay ``trace`` (a Trace, a trace Parquet file, or any input `ingest` accepts).
 
@@ -135,6 +139,10 @@ def analyze(
         Override the trace's line size.
     keep_transformed
         Keep each mitigation's transformed event frame in ``Analysis.transformed``.
+    output
+        Also write the findings there (as ``Analysis.write`` would), each mitigation's as
+        soon as it is replayed, while the next one is: the file appears, complete, at the
+        end (``force``: replace an existing one).
     """
     from .mitigations import apply_mitigation
 
@@ -146,6 +154,8 @@ def analyze(
     if line_size is not None and (line_size < 4 or line_size & (line_size - 1) or line_size > 4096):
         raise UsageError(f"--line-size: expected a power of two between 4 and 4096, found {line_size}")
     specs = expand_mitigations(mitigations)
+    if output is not None:
+        check_output(output, force=force)  # before any work
     tr = _load_trace(trace, quiet=quiet)
     info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
     resolved = resolve(tr.events, info)
@@ -159,28 +169,50 @@ def analyze(
         return engine_replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra)
 
     frames, costs, transformed = [], {}, {}
-    # The fast engine's compiled loops release the GIL and polars runs its own threads: the
-    # next mitigation is applied while the previous one is replayed (one replay at a time, so
-    # the engine's kept layout is never used by two at once, and one extra frame in memory).
-    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-replay") as pool:
+    with ExitStack() as stack:
+        # The fast engine's compiled loops release the GIL and polars runs its own threads: the
+        # next mitigation is applied while the previous one is replayed (one replay at a time, so
+        # the engine's kept layout is never used by two at once, and one extra frame in memory),
+        # and each one's findings are written while the next is replayed.
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tracekit-replay"))
+        writer = None if output is None else \
+            stack.enter_context(TableWriter(output, schema=FINDINGS_SCHEMA, force=force))
+        writing = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tracekit-write"))
+        written: list = []
+
+        def done(found: pl.DataFrame) -> None:
+            frames.append(found)
+            if writer is not None:
+                written.append(writing.submit(writer.write, found))
+
         pending = None
         for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
             if pending is not None:
-                frames.append(pending.result())
+                done(pending.result())
             if engine == "fast" and len(specs) > 1:
                 pending = pool.submit(replay, mitigated, minfo, spec)
             else:
                 pending = None
-                frames.append(replay(mitigated, minfo, spec))
+                done(replay(mitigated, minfo, spec))
             costs[spec] = cost
             if keep_transformed:
                 transformed[spec] = mitigated
             del mitigated
         if pending is not None:
-            frames.append(pending.result())
-    findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
-    meta = {
+            done(pending.result())
+        findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
+        meta = _meta(tr, info, speculation, engine, specs, costs)
+        if writer is not None:
+            for w in written:
+                w.result()  # a failed write raises here (and the with block removes the file)
+            writer.finish(info, {k: v for k, v in meta.items() if k not in _INFO_KEYS})
+    return Analysis(findings, costs, meta, info, resolved, transformed)
+
+
+def _meta(tr, info: TraceInfo, speculation: str, engine: str, specs: list[str], costs: dict) -> dict[str, Any]:
+    """The run's provenance, as a findings file records it."""
+    return {
         "trace": tr.source,
         "trace_sha256": tr.sha256,
         "line_size": info.line_size,
@@ -190,7 +222,6 @@ def analyze(
         "costs": {s: c.to_dict() for s, c in costs.items()},
         "tracekit_version": __version__,
     }
-    return Analysis(findings, costs, meta, info, resolved, transformed)
 
 
 def write_transformed(analysis: Analysis, path: str | os.PathLike[str], *, force: bool = False) -> Path:

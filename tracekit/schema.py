@@ -188,49 +188,82 @@ def write_table(
     """
     if isinstance(batches, pl.DataFrame):
         batches = [batches]
-    row_group = int(schema_doc(schema).get("row_group_size", 1 << 20))
-    meta = metadata_for(info, schema, **(extra_metadata or {}))
-    target = arrow_schema(schema)
-    # Only the string columns are dictionary-encoded: numbers such as time, addr
-    # and seq are nearly unique, and building a dictionary for them (then
-    # abandoning it) was half of the writer's time. zstd level 1 compresses the
-    # plain pages as well as the default level at a fraction of the CPU; lz4 or
-    # snappy would save ~15% more CPU but double the file size.
-    dictionary = [f.name for f in target if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    # Tables go to the writer as polars holds them (string views, no copy: converting
-    # them to Arrow strings was a third of the writer's CPU). The file stores Parquet
-    # types only, so every reader sees plain strings; the Arrow schema is not stored
-    # (it would say string_view), which is why the metadata is added by hand.
-    target = pa.schema([f.with_type(pa.string_view()) if f.name in dictionary else f for f in target])
-    newest = pl.CompatLevel.newest()
-
-    def writer_for(table: pa.Table) -> pq.ParquetWriter:
-        return pq.ParquetWriter(tmp, table.schema, compression="zstd", compression_level=1,
-                                use_dictionary=dictionary, store_schema=False)
-
-    with AtomicPath(dest, force=force) as tmp:
-        writer = None
-        try:
-            for df in _slices(batches):
-                frame = conform(df, schema, extra=extra_columns)
-                coded = [c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))]
-                if coded:  # compact frames: Arrow casts no dictionary to a string view
-                    frame = frame.with_columns(pl.col(coded).cast(pl.String))
-                table = frame.to_arrow(compat_level=newest)
-                if not extra_columns and not table.schema.equals(target):
-                    table = table.cast(target)
-                if writer is None:
-                    writer = writer_for(table)
-                writer.write_table(table, row_group_size=row_group)
-            if writer is None:  # no batches: an empty but valid file
-                empty = conform(pl.DataFrame(), schema).to_arrow(compat_level=newest).cast(target)
-                writer = writer_for(empty)
-                writer.write_table(empty)
-            writer.add_key_value_metadata(meta)
-        finally:
-            if writer is not None:
-                writer.close()
+    with TableWriter(dest, schema=schema, force=force, extra_columns=extra_columns) as w:
+        for df in batches:
+            w.write(df)
+        w.finish(info, extra_metadata)
     return Path(dest)
+
+
+class TableWriter:
+    """ONE Parquet file following ``schema``, written frame by frame, renamed into place at the end.
+
+    For outputs made piece by piece (the findings of one mitigation after another):
+    each frame is written as it comes, and the metadata, which may depend on all of
+    them (the costs), goes in last, with ``finish``. Leaving the ``with`` block
+    without ``finish`` (an error) leaves no file behind.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, schema: str, force: bool = False,
+                 extra_columns: bool = False) -> None:
+        self.schema, self.extra_columns = schema, extra_columns
+        self.row_group = int(schema_doc(schema).get("row_group_size", 1 << 20))
+        target = arrow_schema(schema)
+        # Only the string columns are dictionary-encoded: numbers such as time, addr
+        # and seq are nearly unique, and building a dictionary for them (then
+        # abandoning it) was half of the writer's time. zstd level 1 compresses the
+        # plain pages as well as the default level at a fraction of the CPU; lz4 or
+        # snappy would save ~15% more CPU but double the file size.
+        self.dictionary = [f.name for f in target if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        # Tables go to the writer as polars holds them (string views, no copy: converting
+        # them to Arrow strings was a third of the writer's CPU). The file stores Parquet
+        # types only, so every reader sees plain strings; the Arrow schema is not stored
+        # (it would say string_view), which is why the metadata is added by hand.
+        self.target = pa.schema([f.with_type(pa.string_view()) if f.name in self.dictionary else f for f in target])
+        self._atomic = AtomicPath(dest, force=force)
+        self._writer: pq.ParquetWriter | None = None
+        self._finished = False
+
+    def __enter__(self) -> "TableWriter":
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if exc_type is None and not self._finished:  # left early: no half-written output either
+            exc_type = RuntimeError
+        self._atomic.__exit__(exc_type, exc, tb)
+
+    def write(self, df: pl.DataFrame) -> None:
+        newest = pl.CompatLevel.newest()
+        for piece in _slices([df], self.row_group):
+            frame = conform(piece, self.schema, extra=self.extra_columns)
+            coded = [c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))]
+            if coded:  # compact frames: Arrow casts no dictionary to a string view
+                frame = frame.with_columns(pl.col(coded).cast(pl.String))
+            table = frame.to_arrow(compat_level=newest)
+            if not self.extra_columns and not table.schema.equals(self.target):
+                table = table.cast(self.target)
+            if self._writer is None:
+                self._writer = self._open(table)
+            if table.num_rows:
+                self._writer.write_table(table, row_group_size=self.row_group)
+
+    def finish(self, info: TraceInfo, extra_metadata: dict[str, Any] | None = None) -> None:
+        """Add the metadata and close the file (renamed into place when the ``with`` block ends)."""
+        if self._writer is None:  # no rows: an empty but valid file
+            empty = conform(pl.DataFrame(), self.schema).to_arrow(compat_level=pl.CompatLevel.newest())
+            self._writer = self._open(empty.cast(self.target))
+            self._writer.write_table(empty.cast(self.target))
+        self._writer.add_key_value_metadata(metadata_for(info, self.schema, **(extra_metadata or {})))
+        self._writer.close()
+        self._writer = None
+        self._finished = True
+
+    def _open(self, table: pa.Table) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self._tmp, table.schema, compression="zstd", compression_level=1,
+                                use_dictionary=self.dictionary, store_schema=False)
 
 
 def _slices(batches: Iterable[pl.DataFrame], rows: int = 1 << 20) -> Iterator[pl.DataFrame]:

@@ -59,7 +59,6 @@ def analyze(
             and should_partition(single, budget, expand_mitigations(mitigation))):
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet)
-        output = None  # written part by part
     else:
         from ..resolve import warm_up
 
@@ -67,9 +66,7 @@ def analyze(
             trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
                          concat=concat, compact=True)
         result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
-                     keep_transformed=emit_trace is not None)
-    if output is not None:
-        result.write(output, force=force)
+                     keep_transformed=emit_trace is not None, output=output, force=force)
     if emit_trace is not None:
         write_transformed(result, emit_trace, force=force)
     if report is not None:

@@ -1,0 +1,57 @@
+"""`analyze(..., output=)`: the findings are written mitigation by mitigation while the next one is
+replayed, and the file is the one ``Analysis.write`` makes; on an error, no file is left.
+
+Rule (README, "Bad input"; docs/architecture.md): an output appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from tracekit.analyze import analyze, load_analysis
+from tracekit.errors import OutputExistsError
+from tracekit.mitigations import register_mitigation, unregister_mitigation
+from tracekit.schema import read_metadata
+from tracekit.synth import synth
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    return synth(20_000, tmp_path_factory.mktemp("o") / "t.parquet", seed=2, profile="mixed")
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_streamed_findings_file_is_the_written_one(trace, tmp_path, engine):
+    specs = ["none", "mair-trap", "guest-boot-inval"] if engine == "fast" else ["none", "mair-trap"]
+    streamed = analyze(trace, specs, engine=engine, output=tmp_path / "s.parquet")
+    streamed.write(tmp_path / "w.parquet")
+    assert_frame_equal(pl.read_parquet(tmp_path / "s.parquet"), pl.read_parquet(tmp_path / "w.parquet"))
+    assert read_metadata(tmp_path / "s.parquet") == read_metadata(tmp_path / "w.parquet")
+    back = load_analysis(tmp_path / "s.parquet")
+    assert back.mitigations == specs and back.findings.height == streamed.findings.height > 0
+    assert back.costs["mair-trap"].retyped_accesses == streamed.costs["mair-trap"].retyped_accesses > 0
+
+
+def test_a_failing_mitigation_leaves_no_findings_file(trace, tmp_path):
+    def broken(frame, ctx):
+        raise RuntimeError("broken on purpose")
+
+    register_mitigation("broken-on-purpose", broken, actor="guest")
+    try:
+        with pytest.raises(Exception, match="broken on purpose"):
+            analyze(trace, ["none", "mair-trap", "broken-on-purpose"], output=tmp_path / "f.parquet")
+    finally:
+        unregister_mitigation("broken-on-purpose")
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
+
+
+def test_an_existing_findings_file_needs_force(trace, tmp_path):
+    out = tmp_path / "f.parquet"
+    out.write_text("keep me")
+    with pytest.raises(OutputExistsError):
+        analyze(trace, ["none"], output=out)
+    assert out.read_text() == "keep me"
+    analyze(trace, ["none"], output=out, force=True)
+    assert pl.read_parquet(out).height == load_analysis(out).findings.height
