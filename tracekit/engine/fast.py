@@ -371,6 +371,8 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     placed = _placed(events, info, reuse=reuse)
     pieces = placed.pieces
     globals_ = global_ops(events, info)
+    if same_trace is not None and events.height and int(events["seq"].max()) >= 1 << 32:
+        same_trace = None  # (seq, sub) is packed in 64 bits below: 4 G events and more replay whole
     base = placed.layout.baseline if placed.layout is not None and same_trace is not None else None
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
