@@ -147,6 +147,26 @@ def test_memory_budget_replays_a_big_trace_by_parts_with_the_same_findings(tmp_p
     assert pl.read_parquet(parts).equals(pl.read_parquet(whole))
 
 
+def test_budgeted_quiet_run_does_not_read_its_findings_back(tmp_path, monkeypatch):
+    """Regression: a partitioned run read the whole findings file back into memory at the end
+    even with -q and nothing to report (100 M events at --memory-budget 1G peaked at 3.1 GB
+    there). It reads them back only for a summary, a report or --fail-on."""
+    import importlib
+
+    analysis_module = importlib.import_module("tracekit.analyze")  # the package's analyze is the function
+    reads = []
+    original = analysis_module.load_analysis
+    monkeypatch.setattr(analysis_module, "load_analysis", lambda path: reads.append(path) or original(path))
+    trace = tmp_path / "t.parquet"
+    assert run("synth", "--events", "400000", "--seed", "3", "--profile", "mixed", "-o", trace).exit_code == 0
+    out = tmp_path / "f.parquet"
+    assert run("analyze", trace, "-o", out, "--memory-budget", "420M", "-q").exit_code == 0
+    assert reads == [] and pl.read_parquet(out).height > 0
+    r = run("analyze", trace, "-o", out, "--memory-budget", "420M", "-q", "--force", "--fail-on",
+            "stale-read,lost-write,stale-ifetch")
+    assert reads == [out] and r.exit_code == 1  # the gate needs the findings (the trace has some)
+
+
 def test_report_format_comes_from_the_suffix_or_is_asked_for(tmp_path):
     assert run("analyze", BOOT, "--report", tmp_path / "r.json", "-q").exit_code == 0
     assert json.loads((tmp_path / "r.json").read_text())

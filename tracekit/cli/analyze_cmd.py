@@ -57,8 +57,14 @@ def analyze(
     single = inputs[0] if len(inputs) == 1 else None
     if (single is not None and single.suffix == ".parquet" and emit_trace is None
             and should_partition(single, budget, expand_mitigations(mitigation))):
+        # the findings are read back only for what needs them: a budgeted run that only writes
+        # its findings file stays within the budget (tens of millions of findings otherwise)
+        needed = report is not None or not quiet or bool(kinds)
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
-                                      speculation=speculation, line_size=line_size, force=force, quiet=quiet)
+                                      speculation=speculation, line_size=line_size, force=force, quiet=quiet,
+                                      read_back=needed or output is None)
+        if result is None:
+            return
     else:
         from ..resolve import warm_up
 
@@ -80,8 +86,12 @@ def analyze(
         raise typer.Exit(1)
 
 
-def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[str], *, budget: int, **kw):
-    """Replay a trace larger than the budget line-partition by line-partition; findings go to ``output``."""
+def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[str], *, budget: int,
+                         read_back: bool = True, **kw):
+    """Replay a trace larger than the budget line-partition by line-partition; findings go to ``output``.
+
+    The Analysis read back from the findings file, or None without ``read_back``.
+    """
     import tempfile
 
     from ..analyze import load_analysis
@@ -90,7 +100,7 @@ def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[
     with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
         dest = output if output is not None else Path(tmp) / "findings.parquet"
         replay_partitioned(trace, dest, mitigations, budget_bytes=budget, **kw)
-        return load_analysis(dest)
+        return load_analysis(dest) if read_back else None
 
 
 def _format_of(path: Path) -> str:
