@@ -1,4 +1,6 @@
-"""A compiled reader for the common shape of JSONL traces: one flat object per line.
+"""The compiled JSONL scans: a reader for the common shape (one flat object per line), and the
+key check for the chunks it gives up on. Only the JSONL importer imports this module (and with it
+numba, ~0.15 s), in its calling thread.
 
 polars' NDJSON reader costs ~0.65 us of CPU per event on our traces, and the
 key check another 0.2; that alone keeps JSONL ingest under its 2 M events/s
@@ -18,13 +20,15 @@ objects.
 
 from __future__ import annotations
 
+import json
+import threading
 from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numba import njit
 
-from .._jit import njit
 from ..schema import trace_columns
 
 #: Output columns read as text spans (time too: its text is cast to Float64 by
@@ -36,11 +40,13 @@ INT_COLUMNS = ("addr", "size", "value", "attr_index")
 IGNORED_KEYS = ("seq", "side", "src", "src_line", "src_offset")
 
 _KIND_SPAN, _KIND_INT, _KIND_IGNORED, _KIND_TIME = 0, 1, 2, 3
+#: The keys a line may have (trace-v1's columns), in the order of the compiled name tables.
+KEYS = tuple(trace_columns())
 
 
 def _key_table():
     """(candidates[len, first byte, 2], key bytes, key offsets, kind, output column) per key."""
-    keys = tuple(trace_columns())
+    keys = KEYS
     assert set(keys) == set(SPAN_COLUMNS) | set(INT_COLUMNS) | set(IGNORED_KEYS), keys
     cand = np.full((32, 128, 2), -1, dtype=np.int8)
     for q, k in enumerate(keys):
@@ -58,6 +64,7 @@ def _key_table():
 
 _CAND, _NAMES, _OFFSETS, _KIND, _COLUMN = _key_table()
 _ATTR_INDEX = INT_COLUMNS.index("attr_index")
+
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
@@ -111,7 +118,7 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
             if i >= n or buf[i] != 34:
                 return -1
             s = i + 1
-            j = s
+            j = s  # (the string scans are written out: a helper call cost the scan ~25%)
             while j < n and buf[j] != 34 and buf[j] != 92 and buf[j] >= 32:
                 j += 1
             if j >= n or buf[j] != 34:
@@ -384,5 +391,123 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
 
 
 def warm_up() -> None:
-    """Load (or compile) the reader in the calling thread, before worker threads use it."""
+    """Load (or compile) the reader and the key scan in the calling thread, before worker threads use them."""
     read_flat(b'{"agent": "guest", "op": "barrier"}\n', 1)
+    _load_key_scan()
+
+
+# --------------------------------------------------------------------------
+# Every JSONL object's keys, for chunks the reader above gives up on: one compiled pass
+
+_OUTER = np.zeros(256, dtype=np.uint8)  # outside strings: 1 quote, 2 newline, 3 open, 4 close
+_OUTER[ord('"')], _OUTER[ord("\n")] = 1, 2
+_OUTER[ord("{")] = _OUTER[ord("[")] = 3
+_OUTER[ord("}")] = _OUTER[ord("]")] = 4
+_INNER = np.zeros(256, dtype=np.uint8)  # inside strings: 1 end (quote, or a newline: bad JSON), 2 escape
+_INNER[ord('"')] = _INNER[ord("\n")] = 1
+_INNER[ord("\\")] = 2
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _scan_keys(buf, start, depth, names, offsets, outer, inner):  # pragma: no cover - compiled
+    """First key of a top-level object (a string followed by ':' at depth 1) that is not in ``names``.
+
+    Returns (newlines before it, line start, key start, key end, kind): kind 0
+    none found, 2 an unknown key, 1 a key with an escape (Python decodes it).
+    Strings are skipped whole, escapes included, so a value never counts as a key.
+    """
+    n = buf.size
+    lines = 0
+    line_start = start
+    i = start
+    while i < n:
+        cl = outer[buf[i]]
+        if cl == 0:
+            i += 1
+            continue
+        if cl == 1:
+            j = i + 1
+            esc = False
+            while j < n:
+                t = inner[buf[j]]
+                if t == 0:
+                    j += 1
+                elif t == 2:
+                    esc = True
+                    j += 2
+                else:
+                    break
+            if j >= n or buf[j] == 10:
+                i = j
+                continue
+            k = j + 1
+            if depth == 1:
+                while k < n and (buf[k] == 32 or buf[k] == 9 or buf[k] == 13):
+                    k += 1
+                if k < n and buf[k] == 58:
+                    s = i + 1
+                    if esc:
+                        return lines, line_start, s, j, 1
+                    length = j - s
+                    found = False
+                    for q in range(offsets.size - 1):
+                        a = offsets[q]
+                        if offsets[q + 1] - a == length and length > 0 and buf[s] == names[a]:
+                            same = True
+                            for m in range(1, length):
+                                if buf[s + m] != names[a + m]:
+                                    same = False
+                                    break
+                            if same:
+                                found = True
+                                break
+                    if not found:
+                        return lines, line_start, s, j, 2
+            i = k
+            continue
+        if cl == 2:
+            lines += 1
+            depth = 0
+            line_start = i + 1
+        elif cl == 3:
+            depth += 1
+        else:
+            depth -= 1
+        i += 1
+    return lines, line_start, -1, -1, 0
+
+
+_key_scan_ready = threading.Event()
+_key_scan_lock = threading.Lock()
+
+
+def _load_key_scan() -> None:
+    """Import numba and load (or compile) the key scan once, whichever thread asks first."""
+    with _key_scan_lock:
+        if not _key_scan_ready.is_set():
+            _scan_keys(np.frombuffer(b"{}\n", dtype=np.uint8), 0, 0, _NAMES, _OFFSETS, _OUTER, _INNER)
+            _key_scan_ready.set()
+
+
+def unknown_key(raw: bytes) -> tuple[int, int, str] | None:
+    """(line index in the chunk, byte offset of that line, key) of the first key that is no trace-v1 column."""
+    if not _key_scan_ready.is_set():
+        _load_key_scan()
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    pos, depth, lines, start = 0, 0, 0, 0
+    while True:
+        n, line_start, s, e, kind = _scan_keys(buf, pos, depth, _NAMES, _OFFSETS, _OUTER, _INNER)
+        lines += n
+        start = line_start if n else start
+        if kind == 0:
+            return None
+        text = raw[s:e].decode("utf-8", errors="replace")
+        if kind == 1:  # a key spelled with escapes: decoded, it may be a column name
+            try:
+                text = json.loads(f'"{text}"')
+            except ValueError:
+                pass
+            if text in KEYS:
+                pos, depth = e + 1, 1  # go on after this key, inside the same object
+                continue
+        return lines, start, text

@@ -36,7 +36,6 @@ import csv
 import io
 import json
 import mmap
-import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -45,15 +44,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from .._jit import njit
 from .._progress import progress
 from ..errors import TraceFormatError
 from ..model import ATTR_ALIASES, CMO_WITHOUT_ADDRESS, TraceInfo
 from ..schema import trace_columns
 from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
 from ..validate import size_fast, uint_fast  # the text path's own number parsing (Fields.fast)
-from . import _flat_json as flat_json
-from ._flat_json import read_flat
 from .base import ImportOptions, ImportResult
 from .tkt import Header, checked_in_order, decode, open_input, ordered_map, read_settings, release
 
@@ -459,15 +455,18 @@ class JsonlImporter:
         info = trace_info(path, options)
         result = ImportResult(batches=[], info=info, summary={"events": 0})
         result.batches = self._batches(path, src, info, options, result)
-        # numba and the compiled key scan are loaded here, in the calling thread, before any
-        # worker thread runs (~0.3 s once per process; an import racing other threads can deadlock)
-        _load_key_scan()
-        flat_json.warm_up()
+        # numba and the compiled scans are imported and loaded here, in the calling thread, before
+        # any worker thread runs (~0.3 s once per process; an import racing other threads can
+        # deadlock). CSV and the other formats never import them.
+        from . import _flat_json
+
+        _flat_json.warm_up()
         return result
 
     def _batches(self, path: Path, src: str, info: TraceInfo, options: ImportOptions,
                  result: ImportResult) -> Iterator[pl.DataFrame]:
         from . import tkt
+        from ._flat_json import read_flat, unknown_key
 
         rows = _Rows(src, info)
         struct = pl.Struct({c: pl.String for c in trace_columns() if c not in IGNORED})
@@ -522,7 +521,7 @@ class JsonlImporter:
                                    distinct=flat.distinct)
                 if fast is not None:
                     return rows.finish(fast)
-            bad = _unknown_key(raw)
+            bad = unknown_key(raw)
             if bad is not None:
                 rel, cut, key = bad
                 err = TraceFormatError(f"{src}:{first_line + rel}: expected trace-v1 field names "
@@ -577,126 +576,6 @@ def _read_dense(text: bytes, first_line: int, lines: int, struct: pl.Struct) -> 
     if df.height != lines:
         return None
     return df.with_columns(src_line=pl.int_range(first_line, first_line + df.height, dtype=pl.UInt64))
-
-
-# --------------------------------------------------------------------------
-# Every JSONL object's keys: one compiled pass over the chunk's bytes
-
-_KEY_NAMES = tuple(trace_columns())
-_KEY_BYTES = np.frombuffer("".join(_KEY_NAMES).encode(), dtype=np.uint8)
-_KEY_OFFSETS = np.cumsum([0, *(len(k) for k in _KEY_NAMES)]).astype(np.int64)
-_OUTER = np.zeros(256, dtype=np.uint8)  # outside strings: 1 quote, 2 newline, 3 open, 4 close
-_OUTER[ord('"')], _OUTER[ord("\n")] = 1, 2
-_OUTER[ord("{")] = _OUTER[ord("[")] = 3
-_OUTER[ord("}")] = _OUTER[ord("]")] = 4
-_INNER = np.zeros(256, dtype=np.uint8)  # inside strings: 1 end (quote, or a newline: bad JSON), 2 escape
-_INNER[ord('"')] = _INNER[ord("\n")] = 1
-_INNER[ord("\\")] = 2
-
-
-@njit(cache=True, nogil=True, boundscheck=False)
-def _scan_keys(buf, start, depth, names, offsets, outer, inner):  # pragma: no cover - compiled
-    """First key of a top-level object (a string followed by ':' at depth 1) that is not in ``names``.
-
-    Returns (newlines before it, line start, key start, key end, kind): kind 0
-    none found, 2 an unknown key, 1 a key with an escape (Python decodes it).
-    Strings are skipped whole, escapes included, so a value never counts as a key.
-    """
-    n = buf.size
-    lines = 0
-    line_start = start
-    i = start
-    while i < n:
-        cl = outer[buf[i]]
-        if cl == 0:
-            i += 1
-            continue
-        if cl == 1:
-            j = i + 1
-            esc = False
-            while j < n:
-                t = inner[buf[j]]
-                if t == 0:
-                    j += 1
-                elif t == 2:
-                    esc = True
-                    j += 2
-                else:
-                    break
-            if j >= n or buf[j] == 10:
-                i = j
-                continue
-            k = j + 1
-            if depth == 1:
-                while k < n and (buf[k] == 32 or buf[k] == 9 or buf[k] == 13):
-                    k += 1
-                if k < n and buf[k] == 58:
-                    s = i + 1
-                    if esc:
-                        return lines, line_start, s, j, 1
-                    length = j - s
-                    found = False
-                    for q in range(offsets.size - 1):
-                        a = offsets[q]
-                        if offsets[q + 1] - a == length and length > 0 and buf[s] == names[a]:
-                            same = True
-                            for m in range(1, length):
-                                if buf[s + m] != names[a + m]:
-                                    same = False
-                                    break
-                            if same:
-                                found = True
-                                break
-                    if not found:
-                        return lines, line_start, s, j, 2
-            i = k
-            continue
-        if cl == 2:
-            lines += 1
-            depth = 0
-            line_start = i + 1
-        elif cl == 3:
-            depth += 1
-        else:
-            depth -= 1
-        i += 1
-    return lines, line_start, -1, -1, 0
-
-
-_key_scan_ready = threading.Event()
-_key_scan_lock = threading.Lock()
-
-
-def _load_key_scan() -> None:
-    """Import numba and load (or compile) the key scan once, whichever thread asks first."""
-    with _key_scan_lock:
-        if not _key_scan_ready.is_set():
-            _scan_keys(np.frombuffer(b"{}\n", dtype=np.uint8), 0, 0, _KEY_BYTES, _KEY_OFFSETS, _OUTER, _INNER)
-            _key_scan_ready.set()
-
-
-def _unknown_key(raw: bytes) -> tuple[int, int, str] | None:
-    """(line index in the chunk, byte offset of that line, key) of the first key that is no trace-v1 column."""
-    if not _key_scan_ready.is_set():
-        _load_key_scan()
-    buf = np.frombuffer(raw, dtype=np.uint8)
-    pos, depth, lines, start = 0, 0, 0, 0
-    while True:
-        n, line_start, s, e, kind = _scan_keys(buf, pos, depth, _KEY_BYTES, _KEY_OFFSETS, _OUTER, _INNER)
-        lines += n
-        start = line_start if n else start
-        if kind == 0:
-            return None
-        text = raw[s:e].decode("utf-8", errors="replace")
-        if kind == 1:  # a key spelled with escapes: decoded, it may be a column name
-            try:
-                text = json.loads(f'"{text}"')
-            except ValueError:
-                pass
-            if text in _KEY_NAMES:
-                pos, depth = e + 1, 1  # go on after this key, inside the same object
-                continue
-        return lines, start, text
 
 
 def _first_object(raw: bytes, first_line: int) -> tuple[int, str] | None:
