@@ -45,10 +45,16 @@ def text_path_only(monkeypatch) -> None:
     monkeypatch.setattr(tabular, "_typed_fast", lambda df, line_size, **_: None)
 
 
-def same(a, b) -> bool:
-    if a[0] != b[0]:
-        return False
-    return a[1] == b[1] if a[0] == "error" else a[1].equals(b[1])
+def assert_typed_path_agrees(tmp_path: Path, monkeypatch, suffix: str, text: str) -> None:
+    """The same events, or the same error, with the typed speed paths and with the text path only."""
+    fast = outcome(write(tmp_path, f"a.{suffix}", text))
+    text_path_only(monkeypatch)
+    slow = outcome(write(tmp_path, f"b.{suffix}", text))
+    assert fast[0] == slow[0], (fast, slow)
+    if fast[0] == "error":
+        assert fast[1].replace(f"a.{suffix}", f"b.{suffix}") == slow[1]
+    else:
+        assert fast[1].equals(slow[1])
 
 
 # --------------------------------------------------------------------------
@@ -94,14 +100,7 @@ CSV_ROWS = [
 @pytest.mark.parametrize("row", CSV_ROWS)
 def test_csv_typed_read_accepts_what_the_text_path_accepts(tmp_path, monkeypatch, row):
     text = "\n".join([CSV_HEADER, "1.0,guest,write,0x40000000,8,,,,wb,,,", row]) + "\n"
-    fast = outcome(write(tmp_path, "a.csv", text))
-    text_path_only(monkeypatch)
-    slow = outcome(write(tmp_path, "b.csv", text))
-    assert fast[0] == slow[0], (fast, slow)
-    if fast[0] == "error":
-        assert fast[1].replace("a.csv", "b.csv") == slow[1]
-    else:
-        assert fast[1].drop("src_line").equals(slow[1].drop("src_line"))
+    assert_typed_path_agrees(tmp_path, monkeypatch, "csv", text)
 
 
 def test_csv_blank_around_a_number_is_an_error(tmp_path):
@@ -145,14 +144,7 @@ def test_jsonl_typed_read_accepts_what_the_text_path_accepts(tmp_path, monkeypat
     lines = [json.dumps({"agent": "guest", "op": "write", "addr": 1073741824, "size": 8, "attr": "wb"}),
              obj if isinstance(obj, str) else json.dumps(obj)]
     text = "\n".join(lines) + "\n"
-    fast = outcome(write(tmp_path, "a.jsonl", text))
-    text_path_only(monkeypatch)
-    slow = outcome(write(tmp_path, "b.jsonl", text))
-    assert fast[0] == slow[0], (fast, slow)
-    if fast[0] == "error":
-        assert fast[1].replace("a.jsonl", "b.jsonl") == slow[1]
-    else:
-        assert fast[1].equals(slow[1])
+    assert_typed_path_agrees(tmp_path, monkeypatch, "jsonl", text)
 
 
 def test_clean_inputs_take_the_typed_path(tmp_path, monkeypatch):
