@@ -435,7 +435,7 @@ def sorted_pieces(key, bits, lmin, pos, attr):
 
 @njit(cache=True, nogil=True)
 def recorded_checksum(seq, sub, addr, size, has_addr, kind):
-    """Count and two checksums of the recorded events with an address (see fast.pieces_of)."""
+    """Count and two checksums of the recorded events with an address (see fast._placed)."""
     count = 0
     total = np.uint64(0)
     mixed_xor = np.uint64(0)

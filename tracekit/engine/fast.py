@@ -287,11 +287,6 @@ def clear_cache() -> None:
     _LAST = None
 
 
-def pieces_of(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> Pieces:
-    """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order (see ``_placed``)."""
-    return _placed(events, info, reuse=reuse).pieces
-
-
 def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Placed:
     """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order.
 
