@@ -76,6 +76,20 @@ def test_ingest_writes_a_trace_that_matches_the_schema(tmp_path):
                                                                                       "coherent": False}]
 
 
+def test_columns_are_stored_with_the_schemas_encodings(tmp_path):
+    """schemas/*.json 'storage': dictionary strings, delta integers, byte-stream-split floats."""
+    src = write(tmp_path, "s.tkt", SCENARIO.replace("host.vnc read", "t=1.5 host.vnc read"))
+    out = tmp_path / "s.parquet"
+    ingest(src, out, quiet=True)
+    meta = pq.ParquetFile(out).metadata.row_group(0)
+    enc = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    for col in ("seq", "addr", "size", "src_line", "attr_index"):
+        assert "DELTA_BINARY_PACKED" in enc[col], (col, enc[col])
+    assert "BYTE_STREAM_SPLIT" in enc["time"]
+    for col in ("agent", "op", "src"):
+        assert "RLE_DICTIONARY" in enc[col] and "DELTA_BINARY_PACKED" not in enc[col], (col, enc[col])
+
+
 def test_scan_parquet_gives_the_documented_columns(tmp_path):
     out = tmp_path / "s.parquet"
     ingest(write(tmp_path, "s.tkt", SCENARIO), out, quiet=True)
