@@ -184,3 +184,47 @@ def test_a_bad_line_after_a_clean_chunk_is_still_named(tmp_path, monkeypatch):
     (tmp_path / "t.jsonl.settings.tkt").write_text("@region ram 0x40000000 1G ram\n")
     with pytest.raises(TracekitError, match=r"t\.jsonl:6: expected a size of at least 1"):
         load(p)
+
+
+# Timestamps: the reader converts the common ones itself (Clinger's fast path: at most 15
+# significant digits, a power of ten up to 10^22) and leaves the rest to polars; either way the
+# double must be polars' own, bit for bit (-0.0 included).
+decimal_times = st.builds(
+    lambda sign, whole, frac, exp: f"{sign}{whole}{'.' + frac if frac else ''}{exp}",
+    st.sampled_from(["", "-"]),
+    st.one_of(st.just("0"), st.integers(1, 999).map(str), st.integers(1, 10**20).map(str)),
+    st.one_of(st.just(""), st.text(alphabet="0123456789", min_size=1, max_size=7),
+              st.text(alphabet="0123456789", min_size=1, max_size=22)),
+    st.one_of(st.just(""), st.builds(lambda e, s, v: f"{e}{s}{v}", st.sampled_from(["e", "E"]),
+                                     st.sampled_from(["", "+", "-"]), st.integers(0, 400))))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(decimal_times, min_size=1, max_size=20))
+def test_timestamps_are_polars_doubles_bit_for_bit(times):
+    raw = "".join(f'{{"time":{t},"agent":"guest.0","op":"barrier"}}\n' for t in times).encode()
+    flat = _flat_json.read_flat(raw, len(times))
+    assert flat is not None
+    ref = pl.Series([t for t in times], dtype=pl.String).cast(pl.Float64)
+    got = flat.frame["time"]
+    assert got.dtype == pl.Float64
+    assert got.to_numpy().view("u8").tolist() == ref.to_numpy().view("u8").tolist(), (times, got, ref)
+
+
+@pytest.mark.parametrize("text,fast", [("0.000123", True), ("1e-06", True), ("-0.0", True), ("123456.000001", True),
+                                       ("1234567890.1234567", False), ("1e23", False), ("5e-324", False)])
+def test_timestamp_fast_path_and_its_limits(text, fast, monkeypatch):
+    calls = []
+    real_cast = pl.Series.cast
+
+    def cast(self, dtype, *a, **k):
+        if self.name == "time":
+            calls.append(dtype)
+        return real_cast(self, dtype, *a, **k)
+
+    monkeypatch.setattr(pl.Series, "cast", cast)
+    flat = _flat_json.read_flat(f'{{"time":{text},"agent":"guest.0","op":"barrier"}}\n'.encode(), 1)
+    assert flat is not None
+    assert (calls == []) == fast  # the slow ones go through polars' conversion of the text
+    want = real_cast(pl.Series([text]), pl.Float64)
+    assert flat.frame["time"].to_numpy().view("u8")[0] == want.to_numpy().view("u8")[0]

@@ -64,12 +64,14 @@ def _key_table():
 
 _CAND, _NAMES, _OFFSETS, _KIND, _COLUMN = _key_table()
 _ATTR_INDEX = INT_COLUMNS.index("attr_index")
+#: 10^0 .. 10^22: the powers of ten a double holds exactly (Clinger's fast path for timestamps).
+_POW10 = np.array([10.0 ** k for k in range(23)], dtype=np.float64)
 
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
 def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
-           codes, slots, dstart, dend, ndist):  # pragma: no cover - compiled
+           codes, slots, dstart, dend, ndist, times, tslow, pow10):  # pragma: no cover - compiled
     """Fill one row per line of ``buf`` (every line a flat object); the number of rows, or -1 to give up.
 
     ``spans[c, r]`` = (start, end) of row r's text for span column c (-1 = null);
@@ -77,6 +79,8 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
     Text columns are also interned while they have few distinct values:
     ``codes[c, r]`` indexes their distinct texts ``dstart/dend[c, :ndist[c]]``
     (-1 = null); ``ndist[c]`` = -1 once a column has too many to intern.
+    ``times[r]``: the timestamp as a double, exact where it could be converted with one
+    correctly rounded operation (see ``_exact_time``); ``tslow[0]`` = 1 where one could not.
     """
     nslots = slots.shape[1]
     most = dstart.shape[1]
@@ -247,33 +251,72 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
                 elif kq == _KIND_SPAN:  # a number where text is expected: polars decides
                     return -1
                 else:  # JSON's number grammar: -?(0|[1-9]d*)(.d+)?([eE][+-]?d+)?
+                    # with its decimal digits w (at most 15 significant) and exponent e10 on the way
                     j = i
-                    if buf[j] == 45:
+                    negative = buf[j] == 45
+                    if negative:
                         j += 1
                     if j >= n or not (48 <= buf[j] <= 57):
                         return -1
+                    w = 0
+                    digits = 0
+                    e10 = 0
                     if buf[j] == 48:
                         j += 1
                     else:
                         while j < n and 48 <= buf[j] <= 57:
+                            w = w * 10 + (buf[j] - 48)
+                            digits += 1
+                            if digits > 15:
+                                w = 0
+                                digits = 99
                             j += 1
                     if j < n and buf[j] == 46:
                         j += 1
                         if j >= n or not (48 <= buf[j] <= 57):
                             return -1
                         while j < n and 48 <= buf[j] <= 57:
+                            if digits or buf[j] != 48:
+                                w = w * 10 + (buf[j] - 48)
+                                digits += 1
+                                if digits > 15:
+                                    w = 0
+                                    digits = 99
+                            e10 -= 1
                             j += 1
                     if j < n and (buf[j] == 101 or buf[j] == 69):
                         j += 1
+                        sign = 1
                         if j < n and (buf[j] == 43 or buf[j] == 45):
+                            if buf[j] == 45:
+                                sign = -1
                             j += 1
                         if j >= n or not (48 <= buf[j] <= 57):
                             return -1
+                        ex = 0
                         while j < n and 48 <= buf[j] <= 57:
+                            if ex < 100000:
+                                ex = ex * 10 + (buf[j] - 48)
+                            else:
+                                digits = 99  # an exponent this long: left to polars
                             j += 1
+                        e10 += sign * ex
                     if kq == _KIND_TIME:
                         spans[col, r, 0] = s
                         spans[col, r, 1] = j
+                        # Clinger's fast path: w < 10^15 < 2^53 and 10^|e10| <= 10^22 are exact
+                        # doubles, so one multiplication or division rounds correctly, as polars'
+                        # conversion of the text does; anything else is left to polars
+                        if digits > 15:
+                            tslow[0] = 1
+                        elif w == 0:
+                            times[r] = -0.0 if negative else 0.0
+                        elif 0 <= e10 <= 22:
+                            times[r] = -(w * pow10[e10]) if negative else w * pow10[e10]
+                        elif -22 <= e10 < 0:
+                            times[r] = -(w / pow10[-e10]) if negative else w / pow10[-e10]
+                        else:
+                            tslow[0] = 1
                     i = j
             else:  # true, false, objects, arrays: polars decides
                 return -1
@@ -353,14 +396,22 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
     dend = np.empty((nspan, MOST_DISTINCT), dtype=np.int64)
     ndist = np.zeros(nspan, dtype=np.int64)
     ndist[SPAN_COLUMNS.index("time")] = -1  # a number: never interned
+    times = np.empty(lines, dtype=np.float64)
+    tslow = np.zeros(1, dtype=np.int64)
     rows = _parse(buf, lines, _CAND, _NAMES, _OFFSETS, _KIND, _COLUMN, spans, ints, present,
-                  codes, slots, dstart, dend, ndist)
+                  codes, slots, dstart, dend, ndist, times, tslow, _POW10)
     if rows != lines:
         return None
     out: dict[str, pl.Series] = {}
     distinct: dict[str, pl.Series] = {}
     for c, name in enumerate(SPAN_COLUMNS):
         nd = int(ndist[c])
+        if name == "time" and not tslow[0]:  # every timestamp converted exactly in the scan
+            valid = (spans[c, :, 0] >= 0).view(np.uint8)
+            nnull = rows - int(np.count_nonzero(valid))
+            out[name] = pl.Series(name, pa.Array.from_buffers(
+                pa.float64(), rows, [_validity(valid, nnull), pa.py_buffer(times)], null_count=nnull))
+            continue
         if nd >= 0:  # interned: the few texts, gathered by code (nulls: the code past them)
             texts = [raw[dstart[c, k]:dend[c, k]].decode() for k in range(nd)]
             code = codes[c]
@@ -383,10 +434,11 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
         arr = pa.Array.from_buffers(pa.uint64() if name != "attr_index" else pa.int64(), rows,
                                     [_validity(valid, nnull), pa.py_buffer(values)], null_count=nnull)
         out[name] = pl.Series(name, arr)
-    try:  # polars' own string-to-float conversion (correctly rounded; "1e400" becomes inf)
-        out["time"] = out["time"].cast(pl.Float64)
-    except pl.exceptions.PolarsError:
-        return None
+    if out["time"].dtype == pl.String:
+        try:  # polars' own string-to-float conversion (correctly rounded; "1e400" becomes inf)
+            out["time"] = out["time"].cast(pl.Float64)
+        except pl.exceptions.PolarsError:
+            return None
     return FlatChunk(pl.DataFrame(out), distinct)
 
 
