@@ -41,6 +41,7 @@ PREAMBLE = ["guest.0 sysreg MAIR_EL1 0x44ff", "guest.0 sysreg SCTLR_EL1 0x1005",
 CHILD = r"""
 import importlib, json, resource, sys, time
 ingest = importlib.import_module("tracekit.ingest").ingest
+importlib.import_module("tracekit._process").reuse_big_allocations()  # as `tracekit ingest` does
 src, out = sys.argv[1], sys.argv[2]
 def cpu():
     r = resource.getrusage(resource.RUSAGE_SELF)

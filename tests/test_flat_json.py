@@ -52,6 +52,9 @@ def check_against_polars(raw: bytes) -> bool:
     for c, values in flat.distinct.items():
         assert sorted(values.to_list(), key=repr) == sorted(ref[c].unique().to_list(), key=repr), c
         assert values.len() == values.n_unique()
+        # each row's code picks its own value out of the distinct ones
+        assert values.gather(pl.Series(flat.codes[c])).equals(flat.frame[c]), c
+    assert set(flat.codes) == set(flat.distinct)
     return True
 
 

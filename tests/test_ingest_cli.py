@@ -404,3 +404,19 @@ def test_inputs_with_different_memory_maps_do_not_merge(tmp_path):
     b.write_text("@region ram 0x40000000 32M ram\nt=2 host read 0x40000000 8\n")
     r = CliRunner().invoke(app, ["ingest", str(a), str(b), "-o", str(tmp_path / "t.parquet")])
     assert r.exit_code == 2 and f"{b}: expected the same settings as {a}" in r.stderr and "regions" in r.stderr
+
+
+def test_writer_fills_whole_row_groups_from_small_frames(tmp_path):
+    """The schema's row_group_size holds however the frames come (pyarrow starts a group per call)."""
+    events = ingest_mod.ingest(write(tmp_path, "s.tkt", SCENARIO), tmp_path / "s.parquet", quiet=True)
+    frame = pl.read_parquet(tmp_path / "s.parquet")
+    big = pl.concat([frame.with_columns(seq=pl.col("seq") + 8 * k) for k in range(300)])  # 2,400 rows
+    out = tmp_path / "many.parquet"
+    with schema.TableWriter(out, schema=schema.TRACE_SCHEMA) as w:
+        w.row_group = 1000
+        for start in range(0, big.height, 70):
+            w.write(big.slice(start, 70))
+        w.finish(events.info)
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000, 1000, 400]
+    assert pl.read_parquet(out).equals(big)

@@ -42,11 +42,15 @@ PathLike = str | os.PathLike[str]
 def file_sha256(path: PathLike, stop: threading.Event | None = None) -> str:
     """Hex SHA-256 of a file; ``stop`` set by another thread abandons it (returns "")."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
+    # one small buffer, read into and hashed while it is in the cache (as hashlib.file_digest
+    # does, which cannot be stopped): 1.4 GB in 0.93 s of CPU instead of 1.05 s by 8 MB reads
+    buf = bytearray(256 << 10)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
             if stop is not None and stop.is_set():
                 return ""
-            h.update(chunk)
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -415,7 +419,7 @@ def _stream_upfront(ins: list[_Input]) -> Iterator[pl.DataFrame]:
             for df in inp.result.batches:
                 yield _conform(df)
 
-    return prefetch(batches())
+    return prefetch(batches(), depth=8)
 
 
 def prefetch(batches: Iterator[pl.DataFrame], depth: int = 2) -> "_Prefetch":

@@ -49,8 +49,10 @@ def ingest(
 
     Example: tracekit ingest boot.tkt -o boot.parquet
     """
+    from .._process import reuse_big_allocations
     from ..ingest import ingest as run
 
+    reuse_big_allocations()
     if line_size is not None and (line_size < 4 or line_size & (line_size - 1)):
         raise UsageError(f"--line-size: expected a power of two (at least 4), found {line_size}")
     if agent is not None:

@@ -374,6 +374,9 @@ class FlatChunk(NamedTuple):
     #: column -> its distinct values (a null among them when some row has none), for the
     #: text columns with few distinct values: what ``unique()`` would give, for free
     distinct: dict[str, pl.Series]
+    #: column -> each row's index into ``distinct[column]`` (uint32), for the same columns: a
+    #: test of a text against a few names is a lookup by code instead of a string comparison
+    codes: dict[str, np.ndarray]
 
 
 def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
@@ -404,6 +407,7 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
         return None
     out: dict[str, pl.Series] = {}
     distinct: dict[str, pl.Series] = {}
+    index: dict[str, np.ndarray] = {}
     for c, name in enumerate(SPAN_COLUMNS):
         nd = int(ndist[c])
         if name == "time" and not tslow[0]:  # every timestamp converted exactly in the scan
@@ -420,7 +424,8 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
             if has_null:
                 code = np.where(nulls, nd, code)
             values = pl.Series(name, texts + [None], dtype=pl.String)
-            out[name] = values.gather(pl.Series(code.astype(np.uint32, copy=False)))
+            index[name] = code.astype(np.uint32, copy=False)
+            out[name] = values.gather(pl.Series(index[name]))
             distinct[name] = values if has_null else values.head(nd)
             continue
         offsets, data, valid, nnull = _gather(buf, spans, c, rows)
@@ -439,7 +444,7 @@ def read_flat(raw: bytes, lines: int) -> FlatChunk | None:
             out["time"] = out["time"].cast(pl.Float64)
         except pl.exceptions.PolarsError:
             return None
-    return FlatChunk(pl.DataFrame(out), distinct)
+    return FlatChunk(pl.DataFrame(out), distinct, index)
 
 
 def warm_up() -> None:

@@ -210,8 +210,8 @@ def _numbers_from_text(df: pl.DataFrame) -> pl.DataFrame | None:
     return df.with_columns(**out) if out else df
 
 
-def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Series] | None = None
-                ) -> pl.DataFrame | None:
+def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Series] | None = None,
+                codes: dict[str, np.ndarray] | None = None) -> pl.DataFrame | None:
     """Trace-v1 columns of a chunk whose numbers were typed by the reader, when every row is valid.
 
     ``df`` holds the text fields with ``time`` Float64 and ``addr size value
@@ -220,7 +220,8 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
     same rows as text: the few distinct names checked once each, the structural
     rules as boolean masks. None means "some row may break a rule": the caller
     reads the chunk again as text, and the exact checks name the first bad line.
-    ``distinct``: the distinct values of some text columns, when the reader knows them.
+    ``distinct``: the distinct values of some text columns, when the reader knows them;
+    ``codes``: for some of those, each row's index into them (``_flat_json.FlatChunk``).
     """
     n = df.height
     agent_t, op_t, cmo_t, sysreg_t, attr_t = (df[c] for c in ("agent", "op", "cmo", "sysreg", "attr"))
@@ -240,10 +241,20 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
     ops_seen = set(ops.to_list())
     none = pl.Series([False], dtype=pl.Boolean).new_from_index(0, n)
 
+    def coded(column: str, names: set[str]) -> pl.Series | None:
+        """Rows whose ``column`` is one of ``names``, by code, when the reader gave the codes."""
+        if not codes or column not in codes or not distinct or column not in distinct:
+            return None
+        hit = np.array([v in names for v in distinct[column].to_list()], dtype=bool)
+        return pl.Series(hit[codes[column]])
+
     def op_is(*names: str) -> pl.Series:
-        hit = [op_t == o for o in names if o in ops_seen]
-        if not hit:
+        if not any(o in ops_seen for o in names):
             return none
+        by_code = coded("op", set(names))
+        if by_code is not None:
+            return by_code
+        hit = [op_t == o for o in names if o in ops_seen]
         out = hit[0]
         for h in hit[1:]:
             out = out | h
@@ -255,7 +266,9 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
     cmo_nn, sysreg_nn = cmo_t.is_not_null(), sysreg_t.is_not_null()
     typed_nn = attr_t.is_not_null() | idx.is_not_null()
     no_addr = [c for c in cmos.to_list() if c in CMO_WITHOUT_ADDRESS]
-    cmo_no_addr = cmo_t.is_in(no_addr).fill_null(False) if no_addr else none
+    cmo_no_addr = none if not no_addr else coded("cmo", set(no_addr))
+    if cmo_no_addr is None:
+        cmo_no_addr = cmo_t.is_in(no_addr).fill_null(False)
     addr_or_size = addr_nn | size_nn
     bad = (
         (is_cmo ^ cmo_nn)  # a cmo without its operation, or an operation on another event
@@ -275,6 +288,8 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
     sides = [a.split(".", 1)[0] for a in names]  # guest, host or dev (the agents are valid)
     if len(set(sides)) == 1:
         side = pl.repeat(sides[0], n, dtype=pl.String, eager=True)
+    elif codes and "agent" in codes:  # each distinct agent's side, by the reader's code
+        side = pl.Series(sides, dtype=pl.String).gather(pl.Series(codes["agent"]))
     else:  # each distinct agent's side, gathered by the agent's code
         side = pl.Series(sides, dtype=pl.String).gather(agent_t.cast(pl.Enum(names)).to_physical())
     attr = attr_t.replace_strict(ATTR_ALIASES, default=None, return_dtype=pl.String) \
@@ -518,7 +533,7 @@ class JsonlImporter:
             flat = read_flat(raw, lines)  # the common shape, keys checked and values typed in one scan
             if flat is not None:
                 fast = _typed_fast(_with_text_fields(flat.frame, first_line, typed=True), info.line_size,
-                                   distinct=flat.distinct)
+                                   distinct=flat.distinct, codes=flat.codes)
                 if fast is not None:
                     return rows.finish(fast)
             bad = unknown_key(raw)
