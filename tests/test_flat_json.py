@@ -231,3 +231,16 @@ def test_timestamp_fast_path_and_its_limits(text, fast, monkeypatch):
     assert (calls == []) == fast  # the slow ones go through polars' conversion of the text
     want = real_cast(pl.Series([text]), pl.Float64)
     assert flat.frame["time"].to_numpy().view("u8")[0] == want.to_numpy().view("u8")[0]
+
+
+def test_a_key_predicted_from_the_line_before_must_match_whole():
+    """The reader first tries the key the previous line had at the same place; a key that the
+    other begins with (src / src_line, size / sysreg) must not be taken for it."""
+    lines = [{"agent": "guest.0", "op": "barrier", "src": "a"},
+             {"agent": "guest.0", "op": "barrier", "src_line": 3},
+             {"agent": "guest.0", "op": "barrier", "src": "b"},
+             {"agent": "guest.0", "op": "read", "size": 8, "addr": 64},
+             {"agent": "guest.0", "op": "sysreg", "sysreg": "SCTLR_EL1", "value": 1},
+             {"agent": "guest.0", "op": "read", "size": 8, "addr": 64}]
+    raw = "".join(json.dumps(o, separators=(",", ":")) + "\n" for o in lines).encode()
+    assert check_against_polars(raw)

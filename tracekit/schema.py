@@ -87,6 +87,8 @@ def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool =
     ``compact=True`` gives string columns their in-memory bulk form (``polars_schema``).
     """
     target = polars_schema(name, compact=compact)
+    if list(df.schema.items()) == list(target.items()):
+        return df  # already so (a batch conformed upstream): no select to run
     cols = []
     for col, dtype in target.items():
         if col in df.columns:

@@ -84,6 +84,7 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
     """
     nslots = slots.shape[1]
     most = dstart.shape[1]
+    predicted = np.full(32, -1, np.int64)  # the key at each place of the previous line
     n = buf.size
     i = 0
     r = 0
@@ -103,6 +104,7 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
         i += 1
         seen = 0
         first = True
+        place = 0
         while True:
             while i < n and (buf[i] == 32 or buf[i] == 9 or buf[i] == 13):
                 i += 1
@@ -122,30 +124,48 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
             if i >= n or buf[i] != 34:
                 return -1
             s = i + 1
-            j = s  # (the string scans are written out: a helper call cost the scan ~25%)
-            while j < n and buf[j] != 34 and buf[j] != 92 and buf[j] >= 32:
-                j += 1
-            if j >= n or buf[j] != 34:
-                return -1
-            length = j - s
-            if length == 0 or length >= cand.shape[0] or buf[s] >= 128:
-                return -1
+            # lines of one file name their keys in one order: first try the key the previous
+            # line had at this place (its bytes, then the closing quote), which spares the
+            # scan for the quote and the table lookup
             q = -1
-            for t in range(2):
-                k = cand[length, buf[s], t]
-                if k < 0:
-                    break
+            if place < 32 and predicted[place] >= 0:
+                k = predicted[place]
                 a = offsets[k]
-                same = True
-                for m in range(1, length):
-                    if buf[s + m] != names[a + m]:
-                        same = False
-                        break
-                if same:
+                length = offsets[k + 1] - a
+                if s + length < n and buf[s + length] == 34:
                     q = k
-                    break
+                    for m in range(length):
+                        if buf[s + m] != names[a + m]:
+                            q = -1
+                            break
+                    j = s + length
             if q < 0:
-                return -1
+                j = s  # (the string scans are written out: a helper call cost the scan ~25%)
+                while j < n and buf[j] != 34 and buf[j] != 92 and buf[j] >= 32:
+                    j += 1
+                if j >= n or buf[j] != 34:
+                    return -1
+                length = j - s
+                if length == 0 or length >= cand.shape[0] or buf[s] >= 128:
+                    return -1
+                for t in range(2):
+                    k = cand[length, buf[s], t]
+                    if k < 0:
+                        break
+                    a = offsets[k]
+                    same = True
+                    for m in range(1, length):
+                        if buf[s + m] != names[a + m]:
+                            same = False
+                            break
+                    if same:
+                        q = k
+                        break
+                if q < 0:
+                    return -1
+                if place < 32:
+                    predicted[place] = q
+            place += 1
             if seen & (1 << q):
                 return -1
             seen |= 1 << q

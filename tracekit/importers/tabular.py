@@ -491,7 +491,10 @@ class JsonlImporter:
 
         def chunks() -> Iterator[tuple[bytes, int, int]]:
             nonlocal first
-            for raw, first_line, lines in _line_chunks(data, 0, 1, src, options.quiet, block=tkt.CHUNK_BYTES,
+            # JSONL lines are ~3x as long as scenario lines: chunks of twice the bytes keep the
+            # per-chunk work (Python glue and polars calls, under one GIL) small beside the
+            # events' (10 M events: 5.3 -> 5.0 s, peak RSS 610 -> 760 MB, runs interleaved)
+            for raw, first_line, lines in _line_chunks(data, 0, 1, src, options.quiet, block=2 * tkt.CHUNK_BYTES,
                                                        check_utf8=True):
                 if first:  # the first object must also name the required fields
                     found = _first_object(raw, first_line)
