@@ -420,3 +420,24 @@ def test_writer_fills_whole_row_groups_from_small_frames(tmp_path):
     meta = pq.ParquetFile(out).metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [1000, 1000, 400]
     assert pl.read_parquet(out).equals(big)
+
+
+@pytest.mark.parametrize("first_coded", [True, False])
+def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
+    """Enum/Categorical columns go to Parquet as dictionaries; frames coded otherwise than the
+    first are made alike, and every reader sees the same strings either way."""
+    events = ingest_mod.ingest(write(tmp_path, "s.tkt", SCENARIO), tmp_path / "s.parquet", quiet=True)
+    plain = pl.read_parquet(tmp_path / "s.parquet")
+    coded = plain.with_columns(pl.col("op").cast(pl.Enum(["read", "write", "ifetch", "cmo", "sysreg", "barrier",
+                                                          "marker"])),
+                               pl.col("agent", "src").cast(pl.Categorical))
+    frames = [coded, plain, coded] if first_coded else [plain, coded, plain]
+    out = tmp_path / "mixed.parquet"
+    with schema.TableWriter(out, schema=schema.TRACE_SCHEMA) as w:
+        for f in frames:
+            w.write(f)
+        w.finish(events.info)
+    back = pl.read_parquet(out)
+    assert back.schema == plain.schema  # strings, not dictionaries, for every reader
+    assert back.equals(pl.concat([plain] * 3))
+    schema.validate_arrow(pq.read_table(out), "trace-v1", where=str(out))

@@ -331,9 +331,14 @@ class _Tally:
         return df
 
 
-def _conform(df: pl.DataFrame) -> pl.DataFrame:
-    """Importer batches as trace-v1 minus seq (a placeholder seq keeps the column order)."""
-    return schema.conform(df.with_columns(seq=pl.lit(0, dtype=pl.UInt64)), schema.TRACE_SCHEMA).drop("seq")
+def _conform(df: pl.DataFrame, *, keep_coded: bool = False) -> pl.DataFrame:
+    """Importer batches as trace-v1 minus seq (a placeholder seq keeps the column order).
+
+    ``keep_coded``: Enum columns stay so (batches going straight to the writer, which
+    takes them as dictionaries); spilled batches are merged with other inputs' and take strings.
+    """
+    return schema.conform(df.with_columns(seq=pl.lit(0, dtype=pl.UInt64)), schema.TRACE_SCHEMA,
+                          keep_coded=keep_coded).drop("seq")
 
 
 def _input_files(ins: list[_Input], hashes: list[Future] | None = None) -> tuple[InputFile, ...]:
@@ -417,7 +422,7 @@ def _stream_upfront(ins: list[_Input]) -> Iterator[pl.DataFrame]:
     def batches() -> Iterator[pl.DataFrame]:
         for inp in ins:
             for df in inp.result.batches:
-                yield _conform(df)
+                yield _conform(df, keep_coded=True)
 
     return prefetch(batches(), depth=8)
 

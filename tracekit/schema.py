@@ -80,11 +80,14 @@ def trace_columns() -> list[str]:
     return [c["name"] for c in schema_doc(TRACE_SCHEMA)["columns"]]
 
 
-def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool = False) -> pl.DataFrame:
+def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool = False,
+            keep_coded: bool = False) -> pl.DataFrame:
     """Select and cast ``df`` to schema ``name`` (missing nullable columns become nulls).
 
     With ``extra=True`` columns beyond the schema are kept after the schema's;
-    ``compact=True`` gives string columns their in-memory bulk form (``polars_schema``).
+    ``compact=True`` gives string columns their in-memory bulk form (``polars_schema``);
+    ``keep_coded=True`` leaves Enum/Categorical string columns as they are (a writer
+    hands them to Parquet as dictionaries).
     """
     target = polars_schema(name, compact=compact)
     if list(df.schema.items()) == list(target.items()):
@@ -92,6 +95,9 @@ def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool =
     cols = []
     for col, dtype in target.items():
         if col in df.columns:
+            if keep_coded and dtype == pl.String and isinstance(df.schema[col], (pl.Categorical, pl.Enum)):
+                cols.append(pl.col(col))
+                continue
             cols.append(pl.col(col).cast(dtype, strict=True))
         else:
             cols.append(pl.lit(None, dtype=dtype).alias(col))
@@ -197,6 +203,9 @@ def write_table(
     return Path(dest)
 
 
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+
+
 class TableWriter:
     """ONE Parquet file following ``schema``, written frame by frame, renamed into place at the end.
 
@@ -218,10 +227,13 @@ class TableWriter:
         self.compression = schema_doc(schema).get("storage", {}).get("compression", "zstd")
         self.dictionary = [f.name for f in target if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         # Tables go to the writer as polars holds them (string views, no copy: converting
-        # them to Arrow strings was a third of the writer's CPU). The file stores Parquet
-        # types only, so every reader sees plain strings; the Arrow schema is not stored
-        # (it would say string_view), which is why the metadata is added by hand.
+        # them to Arrow strings was a third of the writer's CPU), and coded columns (Enum,
+        # Categorical) as Arrow dictionaries, whose values the writer takes as they are
+        # instead of hashing every row's text. The file stores Parquet types only, so every
+        # reader sees plain strings; the Arrow schema is not stored (it would say
+        # string_view or dictionary), which is why the metadata is added by hand.
         self.target = pa.schema([f.with_type(pa.string_view()) if f.name in self.dictionary else f for f in target])
+        self._coded: set[str] | None = None  # the text columns written as dictionaries (the first frame's)
         self._atomic = AtomicPath(dest, force=force)
         self._writer: pq.ParquetWriter | None = None
         self._finished = False
@@ -246,13 +258,18 @@ class TableWriter:
     def write(self, df: pl.DataFrame) -> None:
         newest = pl.CompatLevel.newest()
         for piece in _slices([df], self.row_group):
-            frame = conform(piece, self.schema, extra=self.extra_columns)
-            coded = [c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))]
-            if coded:  # compact frames: Arrow casts no dictionary to a string view
-                frame = frame.with_columns(pl.col(coded).cast(pl.String))
+            frame = conform(piece, self.schema, extra=self.extra_columns, keep_coded=True)
+            coded = {c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))}
+            if self._coded is None:  # the first frame fixes each text column's Arrow type
+                self._coded = coded
+            if coded != self._coded:  # a frame coded otherwise than the first: made alike
+                frame = frame.with_columns(*(pl.col(c).cast(pl.String) for c in coded - self._coded),
+                                           *(pl.col(c).cast(pl.Categorical) for c in self._coded - coded
+                                             if c in frame.columns))
             table = frame.to_arrow(compat_level=newest)
-            if not self.extra_columns and not table.schema.equals(self.target):
-                table = table.cast(self.target)
+            schema = self._schema(table.schema)
+            if not table.schema.equals(schema):
+                table = table.cast(schema)
             if self._writer is None:
                 self._writer = self._open(table)
             if table.num_rows:
@@ -260,6 +277,19 @@ class TableWriter:
                 self._pending_rows += table.num_rows
                 if self._pending_rows >= self.row_group:
                     self._flush(whole_groups=True)
+
+    def _schema(self, got: pa.Schema) -> pa.Schema:
+        """The Arrow schema the file is written with: the target's (or, with extra columns, the
+        frame's), coded text columns as dictionaries of strings with 32-bit indices (one type for
+        every frame: polars' Enum indices are 8 to 32 bits wide, and Parquet takes no string views
+        in a dictionary)."""
+        base = got if self.extra_columns else self.target
+        fields = []
+        for f in base:
+            if f.name in (self._coded or ()):
+                f = f.with_type(_DICTIONARY)
+            fields.append(f)
+        return pa.schema(fields)
 
     def _flush(self, *, whole_groups: bool) -> None:
         """Write the held tables: the whole row groups among them (the rest stays held), or all."""
@@ -287,9 +317,11 @@ class TableWriter:
         self._finished = True
 
     def _open(self, table: pa.Table) -> pq.ParquetWriter:
+        texts = [f.name for f in table.schema if f.name in self.dictionary or pa.types.is_dictionary(f.type)
+                 or pa.types.is_string_view(f.type)]
         return pq.ParquetWriter(self._tmp, table.schema, compression=self.compression,
-                                use_dictionary=self.dictionary, store_schema=False,
-                                column_encoding=column_encodings(self.schema, table.schema, self.dictionary))
+                                use_dictionary=texts, store_schema=False,
+                                column_encoding=column_encodings(self.schema, table.schema, texts))
 
 
 def column_encodings(schema: str, arrow: pa.Schema, dictionary: list[str]) -> dict[str, str]:

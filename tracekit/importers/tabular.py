@@ -46,7 +46,7 @@ import pyarrow.csv as pacsv
 
 from .._progress import progress
 from ..errors import TraceFormatError
-from ..model import ATTR_ALIASES, CMO_WITHOUT_ADDRESS, TraceInfo
+from ..model import ATTR_ALIASES, CMO_OPS, CMO_WITHOUT_ADDRESS, OPS, SIDES, TraceInfo
 from ..schema import trace_columns
 from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
 from ..validate import size_fast, uint_fast  # the text path's own number parsing (Fields.fast)
@@ -143,8 +143,10 @@ class _Rows:
         return finish(full)
 
     def finish(self, typed: pl.DataFrame) -> pl.DataFrame:
-        """Typed rows plus the provenance columns."""
-        return typed.with_columns(src=pl.lit(self.src), src_offset=pl.lit(None, dtype=pl.UInt64))
+        """Typed rows plus the provenance columns (``src`` one value: an Enum of it, a dictionary
+        the Parquet writer takes without hashing every row's copy)."""
+        return typed.with_columns(src=pl.lit(self.src, dtype=pl.Enum([self.src])),
+                                  src_offset=pl.lit(None, dtype=pl.UInt64))
 
     def convert(self, text: pl.DataFrame) -> pl.DataFrame:
         """Typed and fully checked rows (in file order, one batch at a time)."""
@@ -301,10 +303,25 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
                          .otherwise(pl.col("size"))).to_series()
     # register names upper case (ASCII by SYSREG_RE); a column already so is kept as it is
     sysreg = sysreg_t if all(s == s.upper() for s in sysregs.to_list()) else sysreg_t.str.to_uppercase()
+    if codes and distinct and all(c in codes and c in distinct for c in ("agent", "op", "cmo")):
+        # closed vocabularies as Enums, straight from the reader's codes: later string tests are
+        # integer tests, and the Parquet writer takes them as dictionaries without hashing a row
+        side = _enum_by_code(codes["agent"], sides, SIDES)
+        op_t = _enum_by_code(codes["op"], distinct["op"].to_list(), OPS)
+        cmo_t = _enum_by_code(codes["cmo"], distinct["cmo"].to_list(), CMO_OPS)
     return pl.DataFrame({
         "time": time, "agent": agent, "side": side.alias("side"), "op": op_t, "addr": df["addr"], "size": size,
         "cmo": cmo_t, "sysreg": sysreg, "value": df["value"], "attr": attr, "attr_index": idx.cast(pl.UInt8),
         "phase": df["phase"], "detail": df["detail"], "src_line": df["src_line"]})
+
+
+def _enum_by_code(codes: np.ndarray, values: list[str | None], vocabulary: tuple[str, ...]) -> pl.Series:
+    """The Enum column of a closed ``vocabulary`` whose row i is ``values[codes[i]]`` (None: null)."""
+    lut = np.array([vocabulary.index(v) if v is not None else 255 for v in values], dtype=np.uint8)
+    idx = pl.Series(lut[codes])
+    if None in values:
+        idx = idx.set(idx == 255, None)
+    return idx.cat.to(pl.Enum(vocabulary))
 
 
 def _with_text_fields(df: pl.DataFrame, first_line: int, *, typed: bool = False) -> pl.DataFrame:
