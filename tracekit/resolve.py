@@ -84,10 +84,8 @@ def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
 
 def _enum(codes: np.ndarray, categories: tuple[str, ...], dtype: pl.DataType) -> pl.Series:
     """An Enum Series from uint8 codes (255 -> null), without going through strings."""
-    idx = pl.Series(codes.astype(np.uint8, copy=False))
-    if (codes == _NONE).any():
-        idx = pl.select(pl.when(idx != _NONE).then(idx)).to_series()
-    return idx.cat.to(dtype)
+    # 255 is past every vocabulary's codes: strict=False makes it null
+    return pl.Series(codes.astype(np.uint8, copy=False)).cat.to(dtype, strict=False)
 
 
 def region_enum(info: TraceInfo) -> pl.Enum:
@@ -106,18 +104,13 @@ def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame,
     unbounded = np.array([r.end >= (1 << 64) for r in regions], dtype=bool)
     pick = _kernel().region_pick(events["addr"].fill_null(0).to_numpy(), events["addr"].is_not_null().to_numpy(),
                                  bases, ends, unbounded)
-    outside = pl.Series(pick == len(regions))
     names = region_enum(info)
+    index = pl.Series(pick.astype(np.uint32))  # polars gathers by u32: converted once, not per column
 
     def column(values: list, dtype: pl.DataType) -> pl.Series:
-        """The region attribute of each event: a lookup by region index (null outside every region)."""
-        if isinstance(dtype, pl.Enum):
-            order = dtype.categories.to_list()
-            codes = np.array([order.index(v) for v in values] + [0], dtype=np.uint32)
-            series = pl.Series(codes[pick]).cat.to(dtype)
-        else:
-            series = pl.Series(np.array(values + [False])[pick])
-        return series.set(outside, None) if outside.any() else series
+        """The region attribute of each event: a gather by region index (index len(regions),
+        outside every region, picks the null after the regions' values)."""
+        return pl.Series(values + [None], dtype=dtype).gather(index)
 
     frame = pl.DataFrame({
         "region": column([r.name for r in regions], names),
@@ -184,11 +177,12 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     agent = np.full(len(op), -1, np.int64)
     n_agents = 0
     if is_guest.any():
-        phys = events["agent"].to_physical().to_numpy().astype(np.int64)
-        vcpus = np.unique(phys[is_guest])
-        lut = np.full(int(vcpus[-1]) + 1, -1, np.int64)
+        # agent codes are few and small (a Categorical's): count them instead of sorting 10 M
+        phys = events["agent"].to_physical().to_numpy()
+        vcpus = np.flatnonzero(np.bincount(phys[is_guest]))
+        lut = np.full(int(phys.max()) + 1, -1, np.int64)  # -1 for every agent but the vCPUs
         lut[vcpus] = np.arange(len(vcpus))
-        agent[is_guest] = lut[phys[is_guest]]
+        agent = np.where(is_guest, lut[phys], -1)
         n_agents = len(vcpus)
     reg = events.select(pl.when(pl.col("sysreg") == "SCTLR_EL1").then(1).when(pl.col("sysreg") == "MAIR_EL1")
                         .then(2).otherwise(0).cast(pl.UInt8))
@@ -202,7 +196,7 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb = _kernel().resolve_codes(
         op, side, _codes(events["attr"], TYPE_ENUM), events["attr_index"].is_not_null().to_numpy(),
         events["attr_index"].fill_null(0).to_numpy().astype(np.uint8), agent, reg.to_series().to_numpy(),
-        value.fill_null(0).to_numpy().astype(np.uint64), value.is_not_null().to_numpy(), pick.astype(np.int64),
+        value.fill_null(0).to_numpy().astype(np.uint64, copy=False), value.is_not_null().to_numpy(), pick,
         s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb), n_agents,
         _MAIR_CODES, _PATH_CODES, _KERNEL_CODES)
     not_guest = pl.Series(~is_guest)
