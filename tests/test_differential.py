@@ -169,6 +169,32 @@ def test_changed_lines_replay_gives_the_reference_findings(trace, data, speculat
             check_same(mitigated, minfo, speculation=speculation, mitigation=spec, same_trace=token)
 
 
+class _AlwaysSplitScan:
+    """Force the fast engine to cut every scan of two or more pieces in two halves, on two threads."""
+
+    def __enter__(self):
+        self.saved = fast._SPLIT_SCAN, fast._CORES
+        fast._SPLIT_SCAN, fast._CORES = 2, 2
+
+    def __exit__(self, *exc):
+        fast._SPLIT_SCAN, fast._CORES = self.saved
+
+
+@settings(max_examples=_examples(300), **_SETTINGS)
+@given(trace=traces(max_events=120), spec=st.sampled_from(["none"] + MITIGATIONS),
+       speculation=st.sampled_from(["architectural", "observed"]))
+def test_scan_cut_in_two_at_a_line_gives_the_reference_findings(trace, spec, speculation):
+    """Rule (architecture.md, "Both engines must return identical frames"): lines are independent,
+    so a scan cut at a line boundary and run as two halves must give the same rows in the same
+    order; each half numbers its pieces from its own start."""
+    from tracekit.mitigations import apply_mitigation
+
+    events, info = trace
+    mitigated, minfo, _cost = apply_mitigation(resolve(events, info), spec, info)
+    with _AlwaysSplitScan():
+        check_same(mitigated, minfo, speculation=speculation, mitigation=spec)
+
+
 def test_changed_lines_replay_needs_the_same_trace():
     """Two traces whose recorded accesses match (same layout key) but whose agents differ: the
     first one's findings must not be reused for the second (each call's own same_trace token)."""

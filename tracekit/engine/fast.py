@@ -15,6 +15,9 @@ mitigated frame re-uses it, merging only its inserted pieces in.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import polars as pl
 
@@ -149,14 +152,38 @@ def global_ops(events: pl.DataFrame, info: TraceInfo) -> tuple[np.ndarray, np.nd
     )
 
 
+#: Pieces above which the scan is split in two at a line boundary, one half per core.
+_SPLIT_SCAN = 1 << 21
+_CORES = os.cpu_count() or 1
+
+
 def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_events: int,
          info: TraceInfo, speculation: str) -> np.ndarray:
-    """Run the compiled kernel; (n, 7) int64 rows: piece, kind, cause, other, fix_after, fix_before, fix_agent."""
+    """Run the compiled kernel; (n, 7) int64 rows: piece, kind, cause, other, fix_after, fix_before, fix_agent.
+
+    Lines are independent (the whole-cache timelines are only read), so a big scan runs as
+    two halves cut at a line boundary, on two threads (the kernel releases the GIL); the
+    rows come back in line order, as from one scan.
+    """
     from ._fast_kernel import scan as kernel
 
     g_ram, g_ic, g_isw = globals_
-    return kernel(pieces.line, pieces.pos, pieces.attr, g_ram, g_ic, g_isw, n_events, info.line_size,
-                  speculation == "observed")
+    observed = speculation == "observed"
+
+    def part(lo: int, hi: int) -> np.ndarray:
+        return kernel(pieces.line[lo:hi], pieces.pos[lo:hi], pieces.attr[lo:hi], g_ram, g_ic, g_isw, n_events,
+                      info.line_size, observed)
+
+    n = len(pieces)
+    cut = int(np.searchsorted(pieces.line, pieces.line[n // 2], side="left")) if n >= _SPLIT_SCAN else 0
+    if cut == 0 or _CORES < 2:
+        return part(0, n)
+    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-scan") as pool:
+        second = pool.submit(part, cut, n)
+        first = part(0, cut)
+        rest = second.result()
+    rest[:, 0] += cut  # its piece numbers were the slice's
+    return np.concatenate([first, rest])
 
 
 def empty_findings() -> pl.DataFrame:
