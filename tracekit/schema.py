@@ -224,7 +224,9 @@ class TableWriter:
         # and seq are nearly unique, and building a dictionary for them (then
         # abandoning it) was half of the writer's time. The numbers are delta-encoded
         # instead, and the pages compressed as the schema's storage section says.
-        self.compression = schema_doc(schema).get("storage", {}).get("compression", "zstd")
+        storage = schema_doc(schema).get("storage", {})
+        self.compression = storage.get("compression", "zstd")
+        self.compression_level = storage.get("compression_level")
         self.dictionary = [f.name for f in target if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         # Tables go to the writer as polars holds them (string views, no copy: converting
         # them to Arrow strings was a third of the writer's CPU), and coded columns (Enum,
@@ -320,7 +322,7 @@ class TableWriter:
         texts = [f.name for f in table.schema if f.name in self.dictionary or pa.types.is_dictionary(f.type)
                  or pa.types.is_string_view(f.type)]
         return pq.ParquetWriter(self._tmp, table.schema, compression=self.compression,
-                                use_dictionary=texts, store_schema=False,
+                                compression_level=self.compression_level, use_dictionary=texts, store_schema=False,
                                 column_encoding=column_encodings(self.schema, table.schema, texts))
 
 
@@ -380,8 +382,9 @@ def describe(name: str) -> str:
     storage = doc.get("storage")
     if storage:
         enc = ", ".join(f"{k} columns {v}" for k, v in storage["encodings"].items())
-        out += ["", f"Storage: row groups of {doc.get('row_group_size', 1 << 20)} rows, {storage['compression']}, "
-                    f"{enc}."]
+        level = f" level {storage['compression_level']}" if "compression_level" in storage else ""
+        out += ["", f"Storage: row groups of {doc.get('row_group_size', 1 << 20)} rows, "
+                    f"{storage['compression']}{level} pages, {enc}."]
     md = doc.get("metadata")
     if md:
         out += ["", f"Metadata key {md['key']!r} ({md['encoding']}):"]
