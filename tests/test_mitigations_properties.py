@@ -283,3 +283,15 @@ def test_add_events_is_a_stable_sort_of_trace_and_inserted_events(n, data):
             assert base.add_events(trace, inserted).collect().equals(want), few
     finally:
         base._FEW_INSERTED = saved
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(-2, 2)), max_size=8))
+def test_ordered_says_whether_rows_are_in_seq_sub_order(rows):
+    """apply_mitigation sorts only when _ordered says the frame is out of (seq, sub) order:
+    strictly increasing (seq, sub) pairs, compared in place."""
+    from tracekit.mitigations.base import _ordered
+
+    frame = pl.DataFrame({"seq": [s for s, _ in rows], "sub": [b for _, b in rows]},
+                         schema={"seq": pl.UInt64, "sub": pl.Int32})
+    assert _ordered(frame) == all(a < b for a, b in zip(rows, rows[1:]))
