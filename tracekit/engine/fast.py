@@ -234,11 +234,20 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
     at = ev[pos]
     seq = ev["seq"]
     agent = ev["agent"]
-    cause = pl.Series("cause", _CAUSES, dtype=pl.String).gather(raw[:, 2])
+    # kinds, causes and fix operations: their Enums of the compact schema straight from the
+    # codes (numbered in the Enums' order), strings only when asked for
+    target = polars_schema(FINDINGS_SCHEMA, compact=True)
+    def lut(column: str, names: list[str]) -> np.ndarray:
+        return np.array([target[column].categories.to_list().index(v) for v in names], np.uint8)
+
+    cause_code = raw[:, 2]
+    codes = {"kind": lut("kind", list(_KINDS))[raw[:, 1]], "cause": lut("cause", list(_CAUSES))[cause_code],
+             "fix_op": lut("fix_op", [_FIX_OPS[c] for c in _CAUSES])[cause_code]}
+    coded = {c: pl.Series(c, v).cat.to(target[c]) for c, v in codes.items()}
     df = pl.DataFrame({
-        "mitigation": pl.repeat(mitigation, len(pos), dtype=pl.String, eager=True),
-        "kind": pl.Series("kind", _KINDS, dtype=pl.String).gather(raw[:, 1]),
-        "cause": cause,
+        "mitigation": pl.repeat(mitigation, len(pos), dtype=target["mitigation"], eager=True),
+        "kind": coded["kind"],
+        "cause": coded["cause"],
         "seq": at["seq"],
         "agent": at["agent"],
         "addr": line + lo,
@@ -246,7 +255,7 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
         "line": line,
         "other_seq": seq.gather(raw[:, 3]),
         "other_agent": agent.gather(raw[:, 3]),
-        "fix_op": pl.Series("fix_op", [_FIX_OPS[c] for c in _CAUSES], dtype=pl.String).gather(raw[:, 2]),
+        "fix_op": coded["fix_op"],
         "fix_agent": agent.gather(raw[:, 6]),
         "fix_after_seq": seq.gather(raw[:, 4]),
         "fix_before_seq": seq.gather(raw[:, 5]),
