@@ -308,3 +308,29 @@ def test_worked_vectors_match_the_reference_under_every_checked_mitigation(path)
         for speculation in ("architectural", "observed"):
             assert_frame_equal(fast.replay(mitigated, minfo, mitigation=spec, speculation=speculation),
                                reference.replay(mitigated, minfo, mitigation=spec, speculation=speculation))
+
+
+def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
+    """A mitigation that only retypes (same rows as the frame that made the kept layout) re-reads
+    the pieces' attributes without looking their rows up again; one that inserts events (rows
+    move) looks them up by seq. Both give the reference engine's findings."""
+    from tracekit.engine import _fast_kernel as K
+    from tracekit.mitigations import apply_mitigation
+    from tracekit.trace import load
+
+    from pathlib import Path
+
+    trace = load(Path(__file__).resolve().parent.parent / "sample-traces" / "boot-mmu-off.tkt", compact=True)
+    resolved = resolve(trace.events, trace.info)
+    looked_up = []
+    real = K.relayout
+    monkeypatch.setattr(K, "relayout", lambda *a: (looked_up.append(1), real(*a))[1])
+    fast.clear_cache()
+    fast.replay(resolved, trace.info, reuse=True)
+    for spec, moved in (("mair-trap", False), ("guest-boot-inval", True), ("s2fwb", False)):
+        frame, info, _cost = apply_mitigation(resolved, spec, trace.info)
+        looked_up.clear()
+        got = fast.replay(frame, info, mitigation=spec, reuse=True)
+        assert_frame_equal(got, reference.replay(frame, info, mitigation=spec))
+        assert bool(looked_up) == moved, spec
+    fast.clear_cache()

@@ -521,19 +521,27 @@ def relayout(seq, sub, layout_seq, layout_attr, path_code, path_lut, hostc):
             table[seqs[j]] = rows[j]
     k_n = layout_seq.shape[0]
     pos = np.empty(k_n, np.int64)
-    attr = np.empty(k_n, np.uint64)
-    keep = ~np.uint64(PATH_HOSTC_MASK)
     for k in range(k_n):
         s = layout_seq[k]
         if dense:
-            p = table[s]
+            pos[k] = table[s]
         else:  # seqs are sorted (every seq looked up is present: the checksums match)
-            p = rows[_first_at_least(seqs, 0, s)]
-        pos[k] = p
+            pos[k] = rows[_first_at_least(seqs, 0, s)]
+    return pos, retyped(pos, layout_attr, path_code, path_lut, hostc)
+
+
+@njit(cache=True, nogil=True)
+def retyped(pos, layout_attr, path_code, path_lut, hostc):
+    """The kept pieces' attributes with the path and host-cacheable bit of their event (row ``pos``)."""
+    k_n = pos.shape[0]
+    attr = np.empty(k_n, np.uint64)
+    keep = ~np.uint64(PATH_HOSTC_MASK)
+    for k in range(k_n):
+        p = pos[k]
         a = layout_attr[k] & keep
         pth = U3 if field(a, U_CODE, U3) == CMO else np.uint64(path_lut[path_code[p]])
         attr[k] = a | (pth << U_PATH) | (np.uint64(hostc[p]) << U_HOSTC)
-    return pos, attr
+    return attr
 
 
 @njit(cache=True, nogil=True)

@@ -287,11 +287,16 @@ class _Layout:
     changes (see ``replay``).
     """
 
-    __slots__ = ("key", "seq", "line", "attr", "baseline")
+    __slots__ = ("key", "seq", "line", "attr", "baseline", "pos", "frame_seq")
 
-    def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray):
+    def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray,
+                 pos: np.ndarray | None = None, frame_seq: np.ndarray | None = None):
         self.key, self.seq, self.line, self.attr = key, seq, line, attr
         self.baseline: _Baseline | None = None
+        # when the frame that made the layout had no inserted events: the pieces' rows in it and
+        # its seq column, so that a frame with the same rows (a mitigation that only retypes)
+        # re-reads its attributes without looking every piece's row up again
+        self.pos, self.frame_seq = pos, frame_seq
 
 
 class _Baseline:
@@ -362,8 +367,14 @@ def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Pl
     if layout is not None and layout.key == key:
         from ..resolve import PATH_ENUM
 
-        pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, _codes(events["path"], PATH_ENUM),
-                               _lookup_tables(False)[2], events["host_cacheable"].fill_null(False).to_numpy())
+        path_code = _codes(events["path"], PATH_ENUM)
+        hostc = events["host_cacheable"].fill_null(False).to_numpy()
+        if not len(inserted) and layout.frame_seq is not None and np.array_equal(seq, layout.frame_seq):
+            # the same rows as the frame that made the layout: every piece's row is as it was
+            pos = layout.pos
+            attr = K.retyped(pos, layout.attr, path_code, _lookup_tables(False)[2], hostc)
+        else:
+            pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, path_code, _lookup_tables(False)[2], hostc)
         rec = Pieces(layout.line, pos, attr)
         used = layout
     else:
@@ -372,7 +383,8 @@ def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Pl
         else:
             rec = explode(events, info)
         if reuse:
-            _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
+            _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr,
+                            *((rec.pos, seq) if not len(inserted) else (None, None)))
     touched = None
     if used is not None and used.baseline is not None:
         touched = K.changed_lines(rec.line, rec.attr, used.attr)
