@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from .errors import TraceFormatError
+from .schema import enum_from_codes
 from .model import (CMO_OPS, MAIR_BYTE_TYPE, MEMORY_TYPES, OPS, PATH_OF_TYPE, PATHS, SCTLR_C, SCTLR_I, SCTLR_M,
                     SIDES, TYPE_RANK, TraceInfo)
 
@@ -82,12 +83,6 @@ def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
     return series.cast(dtype).to_physical().fill_null(_NONE).cast(pl.UInt8).to_numpy()
 
 
-def _enum(codes: np.ndarray, categories: tuple[str, ...], dtype: pl.DataType) -> pl.Series:
-    """An Enum Series from uint8 codes (255 -> null), without going through strings."""
-    # 255 is past every vocabulary's codes: strict=False makes it null
-    return pl.Series(codes.astype(np.uint8, copy=False)).cat.to(dtype, strict=False)
-
-
 def region_enum(info: TraceInfo) -> pl.Enum:
     """The dtype of the ``region`` column: an Enum of the trace's region names."""
     return pl.Enum(sorted({r.name for r in info.effective_regions()}))
@@ -140,9 +135,9 @@ def finalize_types(frame: pl.DataFrame) -> pl.DataFrame:
     guest_mem = np.where(fwb, np.uint8(_WB), np.minimum(s1, s2))
     mem = np.where(guest, guest_mem, _codes(frame["mem_type"], TYPE_ENUM)).astype(np.uint8)
     return frame.with_columns(
-        _enum(s1, MEMORY_TYPES, TYPE_ENUM).alias("s1_type"),
-        _enum(mem, MEMORY_TYPES, TYPE_ENUM).alias("mem_type"),
-        _enum(_PATH_CODES[np.minimum(mem, len(MEMORY_TYPES))], PATHS, PATH_ENUM).alias("path"),
+        enum_from_codes(s1, TYPE_ENUM).alias("s1_type"),
+        enum_from_codes(mem, TYPE_ENUM).alias("mem_type"),
+        enum_from_codes(_PATH_CODES[np.minimum(mem, len(MEMORY_TYPES))], PATH_ENUM).alias("path"),
     )
 
 
@@ -203,13 +198,13 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     frame = pl.concat([events, region_frame], how="horizontal").with_columns(
         sctlr=pl.Series(sctlr).set(not_guest, None),
         mair=pl.Series(mair).set(not_guest, None),
-        s1_decl=_enum(s1_decl, MEMORY_TYPES, TYPE_ENUM),
-        s1_type=_enum(s1_type, MEMORY_TYPES, TYPE_ENUM),
-        s2_type=_enum(s2_type, MEMORY_TYPES, TYPE_ENUM),
+        s1_decl=enum_from_codes(s1_decl, TYPE_ENUM),
+        s1_type=enum_from_codes(s1_type, TYPE_ENUM),
+        s2_type=enum_from_codes(s2_type, TYPE_ENUM),
         fwb=pl.Series(fwb == 1).set(pl.Series(fwb == _NONE), None),
-        mem_type=_enum(mem, MEMORY_TYPES, TYPE_ENUM),
-        path=_enum(path, PATHS, PATH_ENUM),
-        type_source=_enum(source, SOURCES, SOURCE_ENUM),
+        mem_type=enum_from_codes(mem, TYPE_ENUM),
+        path=enum_from_codes(path, PATH_ENUM),
+        type_source=enum_from_codes(source, SOURCE_ENUM),
     )
     extra = [c for c in frame.columns if c not in RESOLVED_COLUMNS and c not in events.columns]
     return frame.select(*events.columns, *[c for c in RESOLVED_COLUMNS if c != "sub"], *extra)

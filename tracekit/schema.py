@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -78,6 +79,12 @@ FINDINGS_SCHEMA = "findings-v1"
 
 def trace_columns() -> list[str]:
     return [c["name"] for c in schema_doc(TRACE_SCHEMA)["columns"]]
+
+
+def enum_from_codes(codes: np.ndarray, dtype: pl.Enum) -> pl.Series:
+    """An Enum Series from its codes, without going through strings; 255 (past every
+    vocabulary's codes) is null."""
+    return pl.Series(codes.astype(np.uint8, copy=False)).cat.to(dtype, strict=False)
 
 
 def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool = False,

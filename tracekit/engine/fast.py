@@ -23,7 +23,7 @@ import polars as pl
 
 from ..errors import UsageError
 from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect
-from ..schema import FINDINGS_SCHEMA, conform, polars_schema
+from ..schema import FINDINGS_SCHEMA, conform, enum_from_codes, polars_schema
 
 # codes shared with _fast_kernel (kept here so importing this module does not import numba)
 READ, WRITE, IFETCH, CMO = 0, 1, 2, 3
@@ -234,20 +234,17 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
     at = ev[pos]
     seq = ev["seq"]
     agent = ev["agent"]
-    # kinds, causes and fix operations: their Enums of the compact schema straight from the
-    # codes (numbered in the Enums' order), strings only when asked for
+    # kinds, causes and fix operations: the compact schema's Enums straight from the kernel's
+    # codes (mapped by name); conform makes strings of them only when asked for
     target = polars_schema(FINDINGS_SCHEMA, compact=True)
-    def lut(column: str, names: list[str]) -> np.ndarray:
-        return np.array([target[column].categories.to_list().index(v) for v in names], np.uint8)
 
-    cause_code = raw[:, 2]
-    codes = {"kind": lut("kind", list(_KINDS))[raw[:, 1]], "cause": lut("cause", list(_CAUSES))[cause_code],
-             "fix_op": lut("fix_op", [_FIX_OPS[c] for c in _CAUSES])[cause_code]}
-    coded = {c: pl.Series(c, v).cat.to(target[c]) for c, v in codes.items()}
+    def coded(column: str, names: list[str], code: np.ndarray) -> pl.Series:
+        lut = np.array([target[column].categories.to_list().index(v) for v in names], np.uint8)
+        return enum_from_codes(lut[code], target[column])
     df = pl.DataFrame({
         "mitigation": pl.repeat(mitigation, len(pos), dtype=target["mitigation"], eager=True),
-        "kind": coded["kind"],
-        "cause": coded["cause"],
+        "kind": coded("kind", list(_KINDS), raw[:, 1]),
+        "cause": coded("cause", list(_CAUSES), raw[:, 2]),
         "seq": at["seq"],
         "agent": at["agent"],
         "addr": line + lo,
@@ -255,7 +252,7 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
         "line": line,
         "other_seq": seq.gather(raw[:, 3]),
         "other_agent": agent.gather(raw[:, 3]),
-        "fix_op": coded["fix_op"],
+        "fix_op": coded("fix_op", [_FIX_OPS[c] for c in _CAUSES], raw[:, 2]),
         "fix_agent": agent.gather(raw[:, 6]),
         "fix_after_seq": seq.gather(raw[:, 4]),
         "fix_before_seq": seq.gather(raw[:, 5]),
@@ -289,14 +286,14 @@ class _Layout:
 
     __slots__ = ("key", "seq", "line", "attr", "baseline", "pos", "frame_seq")
 
-    def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray,
-                 pos: np.ndarray | None = None, frame_seq: np.ndarray | None = None):
+    def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray):
         self.key, self.seq, self.line, self.attr = key, seq, line, attr
         self.baseline: _Baseline | None = None
         # when the frame that made the layout had no inserted events: the pieces' rows in it and
         # its seq column, so that a frame with the same rows (a mitigation that only retypes)
         # re-reads its attributes without looking every piece's row up again
-        self.pos, self.frame_seq = pos, frame_seq
+        self.pos: np.ndarray | None = None
+        self.frame_seq: np.ndarray | None = None
 
 
 class _Baseline:
@@ -383,8 +380,9 @@ def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Pl
         else:
             rec = explode(events, info)
         if reuse:
-            _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr,
-                            *((rec.pos, seq) if not len(inserted) else (None, None)))
+            _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
+            if not len(inserted):
+                _LAST.pos, _LAST.frame_seq = rec.pos, seq
     touched = None
     if used is not None and used.baseline is not None:
         touched = K.changed_lines(rec.line, rec.attr, used.attr)

@@ -80,7 +80,7 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
     ``codes[c, r]`` indexes their distinct texts ``dstart/dend[c, :ndist[c]]``
     (-1 = null); ``ndist[c]`` = -1 once a column has too many to intern.
     ``times[r]``: the timestamp as a double, exact where it could be converted with one
-    correctly rounded operation (see ``_exact_time``); ``tslow[0]`` = 1 where one could not.
+    correctly rounded operation (Clinger's fast path, below); ``tslow[0]`` = 1 where one could not.
     """
     nslots = slots.shape[1]
     most = dstart.shape[1]
@@ -285,23 +285,19 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
                         j += 1
                     else:
                         while j < n and 48 <= buf[j] <= 57:
-                            w = w * 10 + (buf[j] - 48)
                             digits += 1
-                            if digits > 15:
-                                w = 0
-                                digits = 99
+                            if digits <= 15:
+                                w = w * 10 + (buf[j] - 48)
                             j += 1
                     if j < n and buf[j] == 46:
                         j += 1
                         if j >= n or not (48 <= buf[j] <= 57):
                             return -1
                         while j < n and 48 <= buf[j] <= 57:
-                            if digits or buf[j] != 48:
-                                w = w * 10 + (buf[j] - 48)
+                            if digits or buf[j] != 48:  # leading zeros are not significant
                                 digits += 1
-                                if digits > 15:
-                                    w = 0
-                                    digits = 99
+                                if digits <= 15:
+                                    w = w * 10 + (buf[j] - 48)
                             e10 -= 1
                             j += 1
                     if j < n and (buf[j] == 101 or buf[j] == 69):
@@ -318,7 +314,7 @@ def _parse(buf, rows, cand, names, offsets, kind, column, spans, ints, present,
                             if ex < 100000:
                                 ex = ex * 10 + (buf[j] - 48)
                             else:
-                                digits = 99  # an exponent this long: left to polars
+                                digits = 99  # an exponent this long: left to polars (as > 15 digits)
                             j += 1
                         e10 += sign * ex
                     if kq == _KIND_TIME:

@@ -47,7 +47,7 @@ import pyarrow.csv as pacsv
 from .._progress import progress
 from ..errors import TraceFormatError
 from ..model import ATTR_ALIASES, CMO_OPS, CMO_WITHOUT_ADDRESS, OPS, SIDES, TraceInfo
-from ..schema import trace_columns
+from ..schema import enum_from_codes, trace_columns
 from ..validate import TEXT_FIELDS, Semantics, batch_names, first_error, typed_fields
 from ..validate import size_fast, uint_fast  # the text path's own number parsing (Fields.fast)
 from .base import ImportOptions, ImportResult
@@ -288,10 +288,10 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
     agent = agent_t.replace({"guest": "guest.0", "host": "host.0"}) if ("guest" in names or "host" in names) \
         else agent_t
     sides = [a.split(".", 1)[0] for a in names]  # guest, host or dev (the agents are valid)
-    if len(set(sides)) == 1:
+    if codes and "agent" in codes:  # each distinct agent's side, by the reader's code, as an Enum
+        side = _enum_by_code(codes["agent"], sides, SIDES)
+    elif len(set(sides)) == 1:
         side = pl.repeat(sides[0], n, dtype=pl.String, eager=True)
-    elif codes and "agent" in codes:  # each distinct agent's side, by the reader's code
-        side = pl.Series(sides, dtype=pl.String).gather(pl.Series(codes["agent"]))
     else:  # each distinct agent's side, gathered by the agent's code
         side = pl.Series(sides, dtype=pl.String).gather(agent_t.cast(pl.Enum(names)).to_physical())
     attr = attr_t.replace_strict(ATTR_ALIASES, default=None, return_dtype=pl.String) \
@@ -303,11 +303,11 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
                          .otherwise(pl.col("size"))).to_series()
     # register names upper case (ASCII by SYSREG_RE); a column already so is kept as it is
     sysreg = sysreg_t if all(s == s.upper() for s in sysregs.to_list()) else sysreg_t.str.to_uppercase()
-    if codes and distinct and all(c in codes and c in distinct for c in ("agent", "op", "cmo")):
-        # closed vocabularies as Enums, straight from the reader's codes: later string tests are
-        # integer tests, and the Parquet writer takes them as dictionaries without hashing a row
-        side = _enum_by_code(codes["agent"], sides, SIDES)
+    # closed vocabularies as Enums, straight from the reader's codes: later string tests are
+    # integer tests, and the Parquet writer takes them as dictionaries without hashing a row
+    if codes and distinct and "op" in codes:
         op_t = _enum_by_code(codes["op"], distinct["op"].to_list(), OPS)
+    if codes and distinct and "cmo" in codes:
         cmo_t = _enum_by_code(codes["cmo"], distinct["cmo"].to_list(), CMO_OPS)
     return pl.DataFrame({
         "time": time, "agent": agent, "side": side.alias("side"), "op": op_t, "addr": df["addr"], "size": size,
@@ -318,10 +318,7 @@ def _typed_fast(df: pl.DataFrame, line_size: int, *, distinct: dict[str, pl.Seri
 def _enum_by_code(codes: np.ndarray, values: list[str | None], vocabulary: tuple[str, ...]) -> pl.Series:
     """The Enum column of a closed ``vocabulary`` whose row i is ``values[codes[i]]`` (None: null)."""
     lut = np.array([vocabulary.index(v) if v is not None else 255 for v in values], dtype=np.uint8)
-    idx = pl.Series(lut[codes])
-    if None in values:
-        idx = idx.set(idx == 255, None)
-    return idx.cat.to(pl.Enum(vocabulary))
+    return enum_from_codes(lut[codes], pl.Enum(vocabulary))
 
 
 def _with_text_fields(df: pl.DataFrame, first_line: int, *, typed: bool = False) -> pl.DataFrame:
