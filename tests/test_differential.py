@@ -9,6 +9,7 @@ than 2,000 traces, derandomized so that CI is reproducible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import polars as pl
@@ -193,6 +194,31 @@ def test_scan_cut_in_two_at_a_line_gives_the_reference_findings(trace, spec, spe
     mitigated, minfo, _cost = apply_mitigation(resolve(events, info), spec, info)
     with _AlwaysSplitScan():
         check_same(mitigated, minfo, speculation=speculation, mitigation=spec)
+
+
+@settings(max_examples=_examples(200), **_SETTINGS)
+@given(trace=traces(max_events=80), data=st.data(), speculation=st.sampled_from(["architectural", "observed"]))
+def test_frames_out_of_order_give_the_reference_findings(trace, data, speculation):
+    """Rule (architecture.md, "Rows out of order"): the fast engine takes a frame's rows in any
+    order (analyze passes apply_mitigation(..., ordered=False) frames, inserted events last) and
+    gives the findings of the same frame in (seq, sub) order, with and without a baseline to
+    replay only the changed lines against."""
+    from tracekit.mitigations import apply_mitigation
+
+    events, info = trace
+    resolved = resolve(events, info)
+    token = object()
+    changed_lines = data.draw(st.booleans())
+    with _AlwaysChangedLines() if changed_lines else contextlib.nullcontext():
+        fast.replay(resolved, info, speculation=speculation, same_trace=token)  # the baseline
+        for spec in data.draw(st.lists(st.sampled_from(MITIGATIONS), min_size=1, max_size=3)):
+            loose, minfo, _cost = apply_mitigation(resolved, spec, info, ordered=False)
+            if data.draw(st.booleans()):  # any order at all
+                loose = loose[data.draw(st.permutations(range(loose.height)))]
+            ordered = loose.sort("seq", "sub", maintain_order=True)
+            want = reference.replay(ordered, minfo, mitigation=spec, speculation=speculation)
+            got = fast.replay(loose, minfo, mitigation=spec, speculation=speculation, same_trace=token)
+            assert_frame_equal(got, want)
 
 
 def test_changed_lines_replay_needs_the_same_trace():

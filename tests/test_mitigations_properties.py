@@ -278,11 +278,69 @@ def test_add_events_is_a_stable_sort_of_trace_and_inserted_events(n, data):
     want = pl.concat([trace, inserted]).sort("seq", "sub", maintain_order=True)
     saved = base._FEW_INSERTED
     try:
-        for few in (0, 1 << 30):  # the merge, then the chained slices, whatever the number of places
+        for few in (0, 1 << 30):  # the gather, then the chained slices, whatever the number of places
             base._FEW_INSERTED = few
             assert base.add_events(trace, inserted).collect().equals(want), few
     finally:
         base._FEW_INSERTED = saved
+    # inside apply_mitigation(..., ordered=False): the trace's rows, then the inserted ones in order
+    token = base._MERGE_INSERTED.set(False)
+    try:
+        appended = base.add_events(trace, inserted).collect()
+    finally:
+        base._MERGE_INSERTED.reset(token)
+    assert appended.equals(pl.concat([trace, inserted.sort("seq", "sub", maintain_order=True)]))
+    assert appended.sort("seq", "sub", maintain_order=True).equals(want)
+
+
+@settings(**SETTINGS)
+@given(trace=traces(max_events=50), spec=st.sampled_from(SPECS))
+def test_unordered_frames_hold_the_ordered_rows(trace, spec):
+    """apply_mitigation(..., ordered=False) may leave the last mitigation's inserted events after
+    the rows it received (the fast engine orders what it reads): the same rows, settings and cost
+    as the ordered frame, which a stable sort by (seq, sub) gives back."""
+    events, info = recorded_trace(trace)
+    resolved = resolve(events, info)
+    ordered, oinfo, ocost = apply_mitigation(resolved, spec, info)
+    loose, linfo, lcost = apply_mitigation(resolved, spec, info, ordered=False)
+    assert linfo == oinfo and lcost == ocost
+    assert loose.sort("seq", "sub", maintain_order=True).equals(ordered)
+    # two runs in (seq, sub) order: the frame the last mitigation received, then what it inserted
+    keys = list(zip(loose["seq"].to_list(), loose["sub"].to_list()))
+    cut = next((i for i in range(1, len(keys)) if keys[i] <= keys[i - 1]), len(keys))
+    assert keys[cut:] == sorted(keys[cut:]) and all(sub != 0 for _, sub in keys[cut:])
+
+
+def test_only_the_last_built_in_mitigation_leaves_rows_unordered():
+    """A mitigation always receives a frame in (seq, sub) order, even after one that inserted
+    events under ordered=False; a custom mitigation's own result is always ordered."""
+    from tracekit.mitigations import register_mitigation, unregister_mitigation
+    from tracekit.testing import scenario
+
+    seen = []
+
+    def check(frame, ctx):
+        df = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
+        seen.append(df.equals(df.sort("seq", "sub", maintain_order=True)))
+        return frame
+
+    trace = scenario(
+        "@region ram 0x40000000 1M ram\n"
+        "@region fb 0x50000000 64K ram shared\n"
+        "guest write 0x50000000 8\n"
+        "guest write 0x50000040 8\n"
+        "host read 0x50000000 8\n"
+        "guest write 0x50000080 8\n"
+        "host read 0x50000040 8\n")
+    register_mitigation("order-check", check, actor="guest", replace=True)
+    try:
+        resolved = resolve(trace.events, trace.info)
+        frame, _info, _cost = apply_mitigation(resolved, "host-cmo+order-check", trace.info, ordered=False)
+        assert seen == [True]
+        assert (frame["sub"] != 0).sum() == 2  # host-cmo inserted its cleans before the check saw the frame
+        assert frame.equals(frame.sort("seq", "sub", maintain_order=True))
+    finally:
+        unregister_mitigation("order-check")
 
 
 @settings(max_examples=300, deadline=None)

@@ -186,8 +186,10 @@ def analyze(
                 written.append(writing.submit(writer.write, found))
 
         pending = None
+        # the fast engine puts the columns it reads in order itself (cheaper than ordering all of them)
+        ordered = engine != "fast" or keep_transformed
         for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
-            mitigated, minfo, cost = apply_mitigation(resolved, spec, info)
+            mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
             if pending is not None:
                 done(pending.result())
             if engine == "fast" and len(specs) > 1:

@@ -416,7 +416,7 @@ def replay_partitioned(
             # the fast engine replays each later mitigation of this part only on the lines it changes
             part_of_trace = {"same_trace": object()} if engine == "fast" and len(specs) > 1 else {}
             for m, s in enumerate(specs):
-                mitigated, minfo, cost = apply_mitigation(resolved, s, info)
+                mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast")
                 _add_cost(totals[s], cost.to_dict(), +1)
                 buckets.add(m, _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation,
                                              **part_of_trace), p, owners))

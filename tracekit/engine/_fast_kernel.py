@@ -435,7 +435,7 @@ def sorted_pieces(key, bits, lmin, pos, attr):
 
 @njit(cache=True, nogil=True)
 def recorded_checksum(seq, sub, addr, size, has_addr, kind):
-    """Count and two checksums of the recorded events with an address (see fast._placed)."""
+    """Count and two checksums of the recorded events with an address (see fast._kept_layout)."""
     count = 0
     total = np.uint64(0)
     mixed_xor = np.uint64(0)
@@ -545,19 +545,6 @@ def retyped(pos, layout_attr, path_code, path_lut, hostc):
 
 
 @njit(cache=True, nogil=True)
-def changed_lines(line, attr, kept_attr):
-    """Distinct lines (ascending; ``line`` is sorted) holding a piece whose attributes differ."""
-    n = line.shape[0]
-    out = np.empty(n, np.uint64)
-    k = 0
-    for i in range(n):
-        if attr[i] != kept_attr[i] and (k == 0 or out[k - 1] != line[i]):
-            out[k] = line[i]
-            k += 1
-    return out[:k].copy()
-
-
-@njit(cache=True, nogil=True)
 def on_lines(line, lines):
     """Per piece (``line`` sorted): whether its line is one of ``lines`` (sorted, distinct)."""
     n = line.shape[0]
@@ -590,4 +577,57 @@ def union_lines(a, b):
         if k == 0 or out[k - 1] != v:
             out[k] = v
             k += 1
+    return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def changed_recorded(seq, sub, types, base_seq, base_types):
+    """Rows of the recorded events (``sub == 0``, in seq order) whose piece type (path and
+    host-cacheable bit, see fast._piece_types) differs from the baseline frame's event of the
+    same seq (``base_seq`` ascending). Events the baseline lacks have no pieces (the layout's
+    checksums match): they are skipped."""
+    n = seq.shape[0]
+    out = np.empty(n, np.int64)
+    k = 0
+    j = 0
+    m = base_seq.shape[0]
+    for i in range(n):
+        if sub[i] != 0:
+            continue
+        s = seq[i]
+        while j < m and base_seq[j] < s:
+            j += 1
+        if j < m and base_seq[j] == s and types[i] != base_types[j]:
+            out[k] = i
+            k += 1
+    return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def merge_findings(a_key, a_line, a_kc, a_keep, b_key, b_line, b_kc):
+    """Rows of ``concat(a, b)`` in (key, line, kind-cause) order, leaving out ``a``'s rows not kept.
+
+    Both are in that order already; a kept row of ``a`` and a row of ``b`` are never on
+    the same line, so no two rows compare equal.
+    """
+    na = a_key.shape[0]
+    nb = b_key.shape[0]
+    out = np.empty(na + nb, np.int64)
+    i = 0
+    j = 0
+    k = 0
+    while True:
+        while i < na and not a_keep[i]:
+            i += 1
+        if i >= na and j >= nb:
+            break
+        take_a = j >= nb or (i < na and (a_key[i] < b_key[j] or (a_key[i] == b_key[j] and (
+            a_line[i] < b_line[j] or (a_line[i] == b_line[j] and a_kc[i] < b_kc[j])))))
+        if take_a:
+            out[k] = i
+            i += 1
+        else:
+            out[k] = na + j
+            j += 1
+        k += 1
     return out[:k].copy()

@@ -208,7 +208,20 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
     return np.lexsort((cause, kind, line, pos))
 
 
-def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: TraceInfo,
+class _Source:
+    """Where the findings' event columns come from: the frame as given, and (when its rows were
+    not in (seq, sub) order) its row at each position of the replay."""
+
+    __slots__ = ("events", "rows")
+
+    def __init__(self, events: pl.DataFrame, rows: np.ndarray | None = None):
+        self.events, self.rows = events, rows
+
+    def at(self, pos: np.ndarray) -> np.ndarray:
+        return pos if self.rows is None else self.rows[pos]
+
+
+def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Source", info: TraceInfo,
                    mitigation: str, compact: bool = False, *, with_pos: bool = False):
     """findings-v1 rows from the kernel's positions, sorted by (seq, line, kind, cause).
 
@@ -216,6 +229,7 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
     in their string order), then every column is one gather. ``with_pos``: also the
     rows' event positions, as (frame, positions).
     """
+    source = events if isinstance(events, _Source) else _Source(events)
     if raw.shape[0] == 0:
         empty = conform(empty_findings(), FINDINGS_SCHEMA, compact=compact)
         return (empty, np.zeros(0, np.int64)) if with_pos else empty
@@ -230,10 +244,11 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
     line = line[order] * ls
     lo, hi = pieces.lo_hi(row)
     size = hi - lo
-    ev = events.select("seq", "agent", "region", "phase", "src", "src_line", "src_offset")
-    at = ev[pos]
+    ev = source.events.select("seq", "agent", "region", "phase", "src", "src_line", "src_offset")
+    at = ev[source.at(pos)]
     seq = ev["seq"]
     agent = ev["agent"]
+    other, fix_agent, fix_after, fix_before = (source.at(raw[:, c]) for c in (3, 6, 4, 5))
     # kinds, causes and fix operations: the compact schema's Enums straight from the kernel's
     # codes (mapped by name); conform makes strings of them only when asked for
     target = polars_schema(FINDINGS_SCHEMA, compact=True)
@@ -250,12 +265,12 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
         "addr": line + lo,
         "size": size,
         "line": line,
-        "other_seq": seq.gather(raw[:, 3]),
-        "other_agent": agent.gather(raw[:, 3]),
+        "other_seq": seq.gather(other),
+        "other_agent": agent.gather(other),
         "fix_op": coded("fix_op", [_FIX_OPS[c] for c in _CAUSES], raw[:, 2]),
-        "fix_agent": agent.gather(raw[:, 6]),
-        "fix_after_seq": seq.gather(raw[:, 4]),
-        "fix_before_seq": seq.gather(raw[:, 5]),
+        "fix_agent": agent.gather(fix_agent),
+        "fix_after_seq": seq.gather(fix_after),
+        "fix_before_seq": seq.gather(fix_before),
         "region": at["region"],
         "phase": at["phase"],
         "src": at["src"],
@@ -266,14 +281,33 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: pl.DataFrame, info: 
     return (out, pos) if with_pos else out
 
 
-def _sorted(events: pl.DataFrame) -> pl.DataFrame:
-    """The frame in (seq, sub) order (the contract; checked cheaply, sorted only when needed)."""
+#: The columns the replay reads for every event (the findings' other columns are gathered
+#: only at the findings' rows).
+_REPLAY_COLUMNS = ("seq", "sub", "op", "cmo", "side", "region_kind", "path", "addr", "size", "host_cacheable")
+
+
+def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None]:
+    """The frame in (seq, sub) order, and (when it was not) the rows of ``events`` in that order.
+
+    The contract allows rows in any order (``apply_mitigation(..., ordered=False)``
+    appends inserted events): then only the columns the replay reads are put in
+    order (a stable sort of one packed key; timsort merges the sorted runs in
+    linear time), and the findings' columns are gathered through ``rows``.
+    """
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
     from ._fast_kernel import ordered
 
-    ok = ordered(events["seq"].to_numpy(), events["sub"].to_numpy())
-    return events if ok else events.sort("seq", "sub", maintain_order=True)
+    seq = events["seq"].to_numpy()
+    sub = events["sub"].to_numpy()
+    if ordered(seq, sub):
+        return events, None
+    if events.height and int(seq.max()) < 1 << 32:
+        key = (seq.astype(np.uint64) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
+        rows = np.argsort(key, kind="stable")
+    else:
+        rows = np.lexsort((sub, seq))  # stable too
+    return events.select(_REPLAY_COLUMNS)[rows], rows
 
 
 class _Layout:
@@ -284,36 +318,48 @@ class _Layout:
     changes (see ``replay``).
     """
 
-    __slots__ = ("key", "seq", "line", "attr", "baseline", "pos", "frame_seq")
+    __slots__ = ("key", "seq", "line", "attr", "baseline", "pos", "frame_seq", "frame_types")
 
     def __init__(self, key: tuple, seq: np.ndarray, line: np.ndarray, attr: np.ndarray):
         self.key, self.seq, self.line, self.attr = key, seq, line, attr
         self.baseline: _Baseline | None = None
-        # when the frame that made the layout had no inserted events: the pieces' rows in it and
-        # its seq column, so that a frame with the same rows (a mitigation that only retypes)
-        # re-reads its attributes without looking every piece's row up again
+        # when the frame that made the layout had no inserted events: the pieces' rows in it, its
+        # seq column and its events' piece types (_piece_types), so that a frame with the same rows
+        # (a mitigation that only retypes) re-reads its attributes without looking every piece's
+        # row up again, and a mitigated frame finds the events it retyped
         self.pos: np.ndarray | None = None
         self.frame_seq: np.ndarray | None = None
+        self.frame_types: np.ndarray | None = None
 
 
 class _Baseline:
-    """The findings of the replay that made a layout, and what else they depended on."""
+    """The findings of the replay that made a layout, and what else they depended on.
 
-    __slots__ = ("findings", "globals", "speculation", "compact", "token")
+    ``key``, ``line`` and ``kc``: the findings' order as integers ((seq, sub) packed, line,
+    kind and cause ranks), to merge them with a later replay's fresh findings.
+    """
+
+    __slots__ = ("findings", "globals", "speculation", "compact", "token", "key", "line", "kc")
 
     def __init__(self, findings: pl.DataFrame, globals_: tuple, speculation: str, compact: bool, token: object):
         self.findings, self.globals, self.speculation, self.compact = findings, globals_, speculation, compact
         self.token = token  # the caller's same_trace: the layout's key does not cover agents, sources...
+        self.key = (findings["seq"].to_numpy().astype(np.uint64) << np.uint64(32)) | np.uint64(1 << 31)
+        self.line = findings["line"].to_numpy()
+        self.kc = _kind_cause_rank(findings)
 
 
-class _Placed:
-    """Pieces of a frame, and how they came: the kept layout used (if any) and the lines they
-    differ from it on (recorded pieces with other attributes, and every inserted piece's line)."""
-
-    __slots__ = ("pieces", "layout", "touched")
-
-    def __init__(self, pieces: Pieces, layout: "_Layout | None", touched: np.ndarray | None):
-        self.pieces, self.layout, self.touched = pieces, layout, touched
+def _kind_cause_rank(findings: pl.DataFrame) -> np.ndarray:
+    """kind and cause as one integer that orders like the strings (kind first)."""
+    ranks = []
+    for column in ("kind", "cause"):
+        s = findings[column]
+        if not isinstance(s.dtype, pl.Enum):
+            s = s.cast(pl.String).cast(pl.Enum(sorted(_KINDS if column == "kind" else _CAUSES)))
+        names = s.dtype.categories.to_list()
+        lut = np.argsort(np.argsort(np.array(names, dtype=object))).astype(np.uint8)
+        ranks.append(lut[s.to_physical().to_numpy()])
+    return ranks[0].astype(np.int64) * 8 + ranks[1]
 
 
 _LAST: _Layout | None = None
@@ -325,44 +371,63 @@ def clear_cache() -> None:
     _LAST = None
 
 
-def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Placed:
-    """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order.
+def _piece_types(events: pl.DataFrame) -> np.ndarray:
+    """Per event, what of its pieces' attributes a mitigation may change: path code | host-cacheable << 2."""
+    from ..resolve import PATH_ENUM, _codes
+
+    path = _lookup_tables(False)[2][_codes(events["path"], PATH_ENUM)].astype(np.uint8)
+    return path | (events["host_cacheable"].fill_null(False).to_numpy().astype(np.uint8) << np.uint8(2))
+
+
+def _kept_layout(events: pl.DataFrame, info: TraceInfo, reuse: bool) -> tuple["_Layout | None", tuple | None]:
+    """The kept layout, if it fits this frame's recorded events, and the frame's layout key.
 
     A mitigation leaves the recorded events' addresses alone: it inserts events (``sub``
     != 0), retypes accesses (``path``), may drop the host's cacheable alias
     (``host_cacheable``) or remove set/way operations. So the recorded events' pieces and
-    their (line, seq) order are computed once per trace and kept; a mitigated frame only
-    re-reads path and host-cacheable for them, cuts its own inserted events, and merges.
-    The kept layout is used only when the recorded events with an address are the same
-    (count and checksums of seq, addr, size, op, cmo, side and region kind).
+    their (line, seq) order are computed once per trace and kept. The kept layout is used
+    only when the recorded events with an address are the same (count and checksums of
+    seq, addr, size, op, cmo, side and region kind).
     """
     global _LAST
     from . import _fast_kernel as K
 
     from ..resolve import REGION_KIND_ENUM, VOCABULARY, _codes
 
-    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
-    sub = events["sub"].to_numpy().astype(np.int64, copy=False)
-    recorded = sub == 0
-    key = None
     if not reuse:
         _LAST = None  # a layout kept for another trace is only memory now
-    else:
-        # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
-        kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
-                | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
-                | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
-                | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
-        count, total, xor = K.recorded_checksum(
-            seq, sub, events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-            events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-            events["addr"].is_not_null().to_numpy(), kind)
-        key = (info.line_size, info.stage2, int(count), int(total), int(xor))
-    inserted = np.flatnonzero(~recorded)
-    layout = _LAST if reuse else None
-    used = None
-    if layout is not None and layout.key == key:
-        from ..resolve import PATH_ENUM
+        return None, None
+    # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
+    kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
+            | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
+            | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
+            | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
+    count, total, xor = K.recorded_checksum(
+        events["seq"].to_numpy().astype(np.uint64, copy=False), events["sub"].to_numpy(),
+        events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+        events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
+        events["addr"].is_not_null().to_numpy(), kind)
+    key = (info.line_size, info.stage2, int(count), int(total), int(xor))
+    return (_LAST if _LAST is not None and _LAST.key == key else None), key
+
+
+def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key: tuple | None,
+            reuse: bool) -> tuple[Pieces, "_Layout | None"]:
+    """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order, and the
+    layout this call made (None: it used the kept one, or keeps none).
+
+    With the kept layout, a mitigated frame only re-reads path and host-cacheable for the
+    recorded events' pieces, cuts its own inserted events, and merges.
+    """
+    global _LAST
+    from . import _fast_kernel as K
+
+    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
+    sub = events["sub"].to_numpy()
+    inserted = np.flatnonzero(sub != 0)
+    made = None
+    if layout is not None:
+        from ..resolve import PATH_ENUM, _codes
 
         path_code = _codes(events["path"], PATH_ENUM)
         hostc = events["host_cacheable"].fill_null(False).to_numpy()
@@ -373,25 +438,16 @@ def _placed(events: pl.DataFrame, info: TraceInfo, *, reuse: bool = True) -> _Pl
         else:
             pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, path_code, _lookup_tables(False)[2], hostc)
         rec = Pieces(layout.line, pos, attr)
-        used = layout
     else:
-        if len(inserted):
-            rec = explode(events, info, rows=np.flatnonzero(recorded))
-        else:
-            rec = explode(events, info)
+        rec = explode(events, info, rows=np.flatnonzero(sub == 0)) if len(inserted) else explode(events, info)
         if reuse:
-            _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
+            made = _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
             if not len(inserted):
-                _LAST.pos, _LAST.frame_seq = rec.pos, seq
-    touched = None
-    if used is not None and used.baseline is not None:
-        touched = K.changed_lines(rec.line, rec.attr, used.attr)
+                made.pos, made.frame_seq, made.frame_types = rec.pos, seq, _piece_types(events)
     if not len(inserted):
-        return _Placed(rec, used, touched)
+        return rec, made
     ins = explode(events, info, rows=inserted)
-    if touched is not None:
-        touched = K.union_lines(touched, ins.line)  # both ascending (np.union1d hashes: seconds)
-    return _Placed(Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr)), used, touched)
+    return Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr)), made
 
 
 def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
@@ -408,31 +464,29 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     """
     if speculation not in ("architectural", "observed"):
         raise UsageError(f"--speculation: expected architectural or observed, found {speculation!r}")
-    events = _sorted(events)
-    placed = _placed(events, info, reuse=reuse)
-    pieces = placed.pieces
+    wide = events
+    events, rows = _in_order(events)
+    layout, key = _kept_layout(events, info, reuse)
     globals_ = global_ops(events, info)
     if same_trace is not None and events.height and int(events["seq"].max()) >= 1 << 32:
         same_trace = None  # (seq, sub) is packed in 64 bits below: 4 G events and more replay whole
-    base = placed.layout.baseline if placed.layout is not None and same_trace is not None else None
+    base = layout.baseline if layout is not None and same_trace is not None else None
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
         seq_sub = _seq_sub(events)
         if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
-            found = _replay_changed_lines(placed, globals_, events, info, mitigation, speculation, compact, base,
-                                          seq_sub)
+            found = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact, base,
+                                          seq_sub, _Source(wide, rows))
             if found is not None:
                 return found
+    pieces, made = _pieces(events, info, layout, key, reuse)
     raw = scan(pieces, globals_, events.height, info, speculation)
-    found = findings_frame(raw, pieces, events, info, mitigation, compact)
-    layout = _LAST if reuse else None
-    if same_trace is not None and layout is not None and placed.layout is None \
-            and layout.seq.shape[0] == len(pieces):
+    found = findings_frame(raw, pieces, _Source(wide, rows), info, mitigation, compact)
+    if same_trace is not None and made is not None and made.frame_seq is not None:
         # this replay made the layout and inserted nothing: later mitigations of the trace are
         # replayed against it only on the lines where they differ
         seq_sub = _seq_sub(events)
-        layout.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact,
-                                    same_trace)
+        made.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact, same_trace)
     return found
 
 
@@ -447,36 +501,50 @@ def _seq_sub(events: pl.DataFrame) -> np.ndarray:
     return (seq << np.uint64(32)) | (sub + (1 << 31)).astype(np.uint64)
 
 
-def _replay_changed_lines(placed: _Placed, globals_: tuple, events: pl.DataFrame, info: TraceInfo,
+def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,
                           mitigation: str, speculation: str, compact: bool, base: _Baseline,
-                          seq_sub: np.ndarray) -> pl.DataFrame | None:
+                          seq_sub: np.ndarray, source: _Source) -> pl.DataFrame | None:
     """Findings of a mitigated frame from the baseline's on the lines it leaves alone.
 
     Every hazard is local to one line: given the same whole-cache operations (the same
     events, by seq and sub), a line whose pieces are the baseline's (same recorded events
     in the same order, same attributes, nothing inserted) has the baseline's findings on
-    it, event for event. Only the changed lines are scanned; the rest are the baseline's
-    rows relabelled, and both are put in the engine's order (seq, sub, line, kind, cause).
+    it, event for event. The changed lines are those of the recorded events whose path or
+    host-cacheable bit changed and of the inserted events; only their pieces are laid out
+    and scanned; the rest are the baseline's rows relabelled, and both are merged in the
+    engine's order (seq, sub, line, kind, cause).
     None: too much changed to be worth it (the caller replays everything).
     """
     from . import _fast_kernel as K
 
-    pieces, touched = placed.pieces, placed.touched
-    assert touched is not None
-    keep = K.on_lines(pieces.line, touched)
-    if keep.sum() > _MOST_CHANGED * len(pieces):
+    from ..resolve import PATH_ENUM, _codes
+
+    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
+    sub = events["sub"].to_numpy()
+    changed = K.changed_recorded(seq, sub, _piece_types(events), layout.frame_seq, layout.frame_types)
+    if len(changed) > _MOST_CHANGED * len(layout.frame_seq):
+        return None  # most events retyped (mair-trap on a guest's whole RAM): not worth it
+    inserted = np.flatnonzero(sub != 0)
+    ins = explode(events, info, rows=inserted) if len(inserted) else None
+    none = np.zeros(0, np.uint64)
+    touched = K.union_lines(explode(events, info, rows=changed).line if len(changed) else none,
+                            ins.line if ins is not None else none)  # ascending, distinct
+    kept = np.flatnonzero(K.on_lines(layout.line, touched))
+    n_ins = len(ins) if ins is not None else 0
+    if len(kept) + n_ins > _MOST_CHANGED * (len(layout.line) + n_ins):
         return None
-    part = pieces.take(np.flatnonzero(keep))
+    pos, attr = K.relayout(seq, sub, layout.seq[kept], layout.attr[kept], _codes(events["path"], PATH_ENUM),
+                           _lookup_tables(False)[2], events["host_cacheable"].fill_null(False).to_numpy())
+    part = Pieces(layout.line[kept], pos, attr)
+    if ins is not None:
+        part = Pieces(*K.merge(part.line, part.pos, part.attr, ins.line, ins.pos, ins.attr))
     raw = scan(part, globals_, events.height, info, speculation)
-    fresh, pos = findings_frame(raw, part, events, info, mitigation, compact, with_pos=True)
-    old = base.findings
-    if touched.size:
-        old = old.filter(~pl.col("line").is_in(pl.Series(touched * np.uint64(info.line_size)).implode()))
-    old = old.with_columns(pl.lit(mitigation).cast(old.schema["mitigation"]).alias("mitigation"))
-    if fresh.height == 0:
-        return old
-    if old.height == 0:
-        return fresh
-    both = pl.concat([old.with_columns(_k=pl.col("seq").cast(pl.UInt64) * (1 << 32) + (1 << 31)),
-                      fresh.with_columns(_k=pl.Series(seq_sub[pos]))], how="vertical")
-    return both.sort("_k", "line", "kind", "cause", maintain_order=True).drop("_k")
+    fresh, pos = findings_frame(raw, part, source, info, mitigation, compact, with_pos=True)
+    old = base.findings.with_columns(pl.lit(mitigation).cast(base.findings.schema["mitigation"]).alias("mitigation"))
+    # the baseline's rows on the changed lines are replaced by the fresh ones
+    touched_at = touched * np.uint64(info.line_size)
+    i = np.minimum(np.searchsorted(touched_at, base.line), max(len(touched_at) - 1, 0))
+    keep_old = touched_at[i] != base.line if len(touched_at) else np.ones(len(base.line), np.bool_)
+    order = K.merge_findings(base.key, base.line, base.kc, keep_old, seq_sub[pos],
+                             fresh["line"].to_numpy(), _kind_cause_rank(fresh))
+    return pl.concat([old, fresh], how="vertical", rechunk=False)[order]
