@@ -311,9 +311,11 @@ def test_worked_vectors_match_the_reference_under_every_checked_mitigation(path)
 
 
 def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
-    """A mitigation that only retypes (same rows as the frame that made the kept layout) re-reads
-    the pieces' attributes without looking their rows up again; one that inserts events (rows
-    move) looks them up by seq. Both give the reference engine's findings."""
+    """A mitigated frame whose recorded events are those of the frame that made the kept layout
+    (retyped, or with events inserted among them) finds the pieces' rows by one gather, in the
+    frame's order or out of it; one without some recorded event (KVM removes the set/way
+    operations it emulates) looks each piece's event up by seq. All give the reference
+    engine's findings."""
     from tracekit.engine import _fast_kernel as K
     from tracekit.mitigations import apply_mitigation
     from tracekit.trace import load
@@ -327,10 +329,31 @@ def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
     monkeypatch.setattr(K, "relayout", lambda *a: (looked_up.append(1), real(*a))[1])
     fast.clear_cache()
     fast.replay(resolved, trace.info, reuse=True)
-    for spec, moved in (("mair-trap", False), ("guest-boot-inval", True), ("s2fwb", False)):
-        frame, info, _cost = apply_mitigation(resolved, spec, trace.info)
+    frames = [(spec, *apply_mitigation(resolved, spec, trace.info, ordered=ordered)[:2], False)
+              for spec in ("mair-trap", "guest-boot-inval", "s2fwb") for ordered in (True, False)]
+    without_sysreg = resolved.filter(pl.int_range(pl.len()) != resolved["op"].cast(pl.String).index_of("sysreg"))
+    frames.append(("x", without_sysreg, trace.info, True))
+    for spec, frame, info, moved in frames:
         looked_up.clear()
         got = fast.replay(frame, info, mitigation=spec, reuse=True)
         assert_frame_equal(got, reference.replay(frame, info, mitigation=spec))
         assert bool(looked_up) == moved, spec
     fast.clear_cache()
+
+
+@pytest.mark.parametrize("keys, want", [
+    ([(1, 0), (3, 0), (2, -1), (3, 1)], [0, 2, 1, 3]),  # a frame, then the events appended to it
+    ([(1, 0), (2, 0), (2, 0)], [0, 1, 2]),  # a tie: the first run's row first (stable)
+    ([(5, 0), (1, 0)], [1, 0]),
+    ([(3, 0), (2, 0), (1, 0)], []),  # three runs: not this kernel's case (argsort)
+])
+def test_two_run_order_merges_a_frame_and_its_appended_events(keys, want):
+    """apply_mitigation(..., ordered=False) gives two runs in (seq, sub) order; the fast engine
+    merges them (stably) instead of sorting, and says when the rows are not two runs."""
+    import numpy as np
+
+    from tracekit.engine._fast_kernel import two_run_order
+
+    seq = np.array([k[0] for k in keys], np.uint64)
+    sub = np.array([k[1] for k in keys], np.int32)
+    assert two_run_order(seq, sub).tolist() == want

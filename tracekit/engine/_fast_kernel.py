@@ -434,15 +434,18 @@ def sorted_pieces(key, bits, lmin, pos, attr):
 
 
 @njit(cache=True, nogil=True)
-def recorded_checksum(seq, sub, addr, size, has_addr, kind):
-    """Count and two checksums of the recorded events with an address (see fast._kept_layout)."""
+def recorded_checksum(seq, sub, addr, size, has_addr, op, cmo, side, region_kind):
+    """Count and two checksums of the recorded events with an address (see fast._kept_layout);
+    the last four are Enum codes (uint8)."""
     count = 0
     total = np.uint64(0)
     mixed_xor = np.uint64(0)
     for i in range(seq.shape[0]):
         if sub[i] == 0 and has_addr[i]:
-            m = ((seq[i] * np.uint64(0x9E3779B97F4A7C15)) ^ (addr[i] * np.uint64(0xC2B2AE3D27D4EB4F))
-                 ^ (size[i] * np.uint64(0x165667B19E3779F9)) ^ kind[i])
+            kind = (np.uint64(op[i]) | (np.uint64(cmo[i]) << np.uint64(8)) | (np.uint64(side[i]) << np.uint64(16))
+                    | (np.uint64(region_kind[i]) << np.uint64(24)))
+            m = ((np.uint64(seq[i]) * np.uint64(0x9E3779B97F4A7C15)) ^ (addr[i] * np.uint64(0xC2B2AE3D27D4EB4F))
+                 ^ (size[i] * np.uint64(0x165667B19E3779F9)) ^ kind)
             total += m
             mixed_xor ^= (m * np.uint64(0xFF51AFD7ED558CCD)) ^ (m >> np.uint64(29))
             count += 1
@@ -631,3 +634,30 @@ def merge_findings(a_key, a_line, a_kc, a_keep, b_key, b_line, b_kc):
             j += 1
         k += 1
     return out[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def two_run_order(seq, sub):
+    """Rows in (seq, sub) order when the rows are two runs each in that order (a frame and the
+    events appended to it), merged stably (ties: the first run's row first); an empty array
+    when they are not."""
+    n = seq.shape[0]
+    cut = -1
+    for i in range(1, n):
+        if seq[i] < seq[i - 1] or (seq[i] == seq[i - 1] and sub[i] <= sub[i - 1]):
+            if cut >= 0:
+                return np.empty(0, np.int64)
+            cut = i
+    out = np.empty(n, np.int64)
+    i = 0
+    j = cut
+    k = 0
+    while i < cut or j < n:
+        if j >= n or (i < cut and (seq[i] < seq[j] or (seq[i] == seq[j] and sub[i] <= sub[j]))):
+            out[k] = i
+            i += 1
+        else:
+            out[k] = j
+            j += 1
+        k += 1
+    return out

@@ -291,21 +291,22 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None]:
 
     The contract allows rows in any order (``apply_mitigation(..., ordered=False)``
     appends inserted events): then only the columns the replay reads are put in
-    order (a stable sort of one packed key; timsort merges the sorted runs in
-    linear time), and the findings' columns are gathered through ``rows``.
+    order (two ordered runs are merged; anything else is a stable sort of one packed
+    key), and the findings' columns are gathered through ``rows``.
     """
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
-    from ._fast_kernel import ordered
+    from ._fast_kernel import ordered, two_run_order
 
     seq = events["seq"].to_numpy()
     sub = events["sub"].to_numpy()
     if ordered(seq, sub):
         return events, None
-    if events.height and int(seq.max()) < 1 << 32:
+    rows = two_run_order(seq, sub)  # what apply_mitigation(..., ordered=False) gives: one merge
+    if not len(rows) and int(seq.max()) < 1 << 32:
         key = (seq.astype(np.uint64) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
         rows = np.argsort(key, kind="stable")
-    else:
+    elif not len(rows):
         rows = np.lexsort((sub, seq))  # stable too
     return events.select(_REPLAY_COLUMNS)[rows], rows
 
@@ -398,17 +399,45 @@ def _kept_layout(events: pl.DataFrame, info: TraceInfo, reuse: bool) -> tuple["_
         _LAST = None  # a layout kept for another trace is only memory now
         return None, None
     # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
-    kind = (_codes(events["op"], VOCABULARY["op"]).astype(np.uint64)
-            | (_codes(events["cmo"], VOCABULARY["cmo"]).astype(np.uint64) << np.uint64(8))
-            | (_codes(events["side"], VOCABULARY["side"]).astype(np.uint64) << np.uint64(16))
-            | (_codes(events["region_kind"], REGION_KIND_ENUM).astype(np.uint64) << np.uint64(24)))
     count, total, xor = K.recorded_checksum(
-        events["seq"].to_numpy().astype(np.uint64, copy=False), events["sub"].to_numpy(),
+        events["seq"].to_numpy(), events["sub"].to_numpy(),
         events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
         events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-        events["addr"].is_not_null().to_numpy(), kind)
+        events["addr"].is_not_null().to_numpy(), _codes(events["op"], VOCABULARY["op"]),
+        _codes(events["cmo"], VOCABULARY["cmo"]), _codes(events["side"], VOCABULARY["side"]),
+        _codes(events["region_kind"], REGION_KIND_ENUM))
     key = (info.line_size, info.stage2, int(count), int(total), int(xor))
     return (_LAST if _LAST is not None and _LAST.key == key else None), key
+
+
+def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in this frame of the kept layout's pieces (all, or ``which``), and their
+    attributes with this frame's path and host-cacheable bit.
+
+    When the frame's recorded events are those of the frame that made the layout (nothing
+    removed), a piece's position is the row of its recorded event among this frame's
+    recorded rows: one gather. Otherwise each piece's event is looked up by seq.
+    """
+    from . import _fast_kernel as K
+
+    from ..resolve import PATH_ENUM, _codes
+
+    seq = events["seq"].to_numpy()
+    sub = events["sub"].to_numpy()
+    path_code = _codes(events["path"], PATH_ENUM)
+    hostc = events["host_cacheable"].fill_null(False).to_numpy()
+    path_lut = _lookup_tables(False)[2]
+    attr = layout.attr if which is None else layout.attr[which]
+    if layout.frame_seq is not None:
+        recorded = np.flatnonzero(sub == 0)
+        if len(recorded) == len(layout.frame_seq) and np.array_equal(seq[recorded], layout.frame_seq):
+            pos = layout.pos if which is None else layout.pos[which]
+            if len(recorded) != len(seq):  # rows were inserted: the recorded ones moved down
+                pos = recorded[pos]
+            return pos, K.retyped(pos, attr, path_code, path_lut, hostc)
+    return K.relayout(seq.astype(np.uint64, copy=False), sub, layout.seq if which is None else layout.seq[which],
+                      attr, path_code, path_lut, hostc)
 
 
 def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key: tuple | None,
@@ -427,17 +456,7 @@ def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key
     inserted = np.flatnonzero(sub != 0)
     made = None
     if layout is not None:
-        from ..resolve import PATH_ENUM, _codes
-
-        path_code = _codes(events["path"], PATH_ENUM)
-        hostc = events["host_cacheable"].fill_null(False).to_numpy()
-        if not len(inserted) and layout.frame_seq is not None and np.array_equal(seq, layout.frame_seq):
-            # the same rows as the frame that made the layout: every piece's row is as it was
-            pos = layout.pos
-            attr = K.retyped(pos, layout.attr, path_code, _lookup_tables(False)[2], hostc)
-        else:
-            pos, attr = K.relayout(seq, sub, layout.seq, layout.attr, path_code, _lookup_tables(False)[2], hostc)
-        rec = Pieces(layout.line, pos, attr)
+        rec = Pieces(layout.line, *_kept_pieces(events, layout))
     else:
         rec = explode(events, info, rows=np.flatnonzero(sub == 0)) if len(inserted) else explode(events, info)
         if reuse:
@@ -473,7 +492,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     base = layout.baseline if layout is not None and same_trace is not None else None
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
-        seq_sub = _seq_sub(events)
+        seq_sub = _SeqSub(events)
         if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
             found = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact, base,
                                           seq_sub, _Source(wide, rows))
@@ -485,7 +504,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     if same_trace is not None and made is not None and made.frame_seq is not None:
         # this replay made the layout and inserted nothing: later mitigations of the trace are
         # replayed against it only on the lines where they differ
-        seq_sub = _seq_sub(events)
+        seq_sub = _SeqSub(events)
         made.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact, same_trace)
     return found
 
@@ -494,16 +513,26 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
 _MOST_CHANGED = 0.6
 
 
-def _seq_sub(events: pl.DataFrame) -> np.ndarray:
-    """(seq, sub) of every row as one integer: the identity of an event across frames of one trace."""
-    seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
-    sub = events["sub"].to_numpy().astype(np.int64, copy=False)
-    return (seq << np.uint64(32)) | (sub + (1 << 31)).astype(np.uint64)
+class _SeqSub:
+    """(seq, sub) of rows as one integer: the identity of an event across frames of one trace.
+
+    Computed only at the rows asked for (whole-cache operations, findings), not for every event.
+    """
+
+    __slots__ = ("seq", "sub")
+
+    def __init__(self, events: pl.DataFrame):
+        self.seq = events["seq"].to_numpy()
+        self.sub = events["sub"].to_numpy()
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        seq = self.seq[rows].astype(np.uint64, copy=False)
+        return (seq << np.uint64(32)) | (self.sub[rows].astype(np.int64) + (1 << 31)).astype(np.uint64)
 
 
 def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,
                           mitigation: str, speculation: str, compact: bool, base: _Baseline,
-                          seq_sub: np.ndarray, source: _Source) -> pl.DataFrame | None:
+                          seq_sub: _SeqSub, source: _Source) -> pl.DataFrame | None:
     """Findings of a mitigated frame from the baseline's on the lines it leaves alone.
 
     Every hazard is local to one line: given the same whole-cache operations (the same
@@ -516,8 +545,6 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     None: too much changed to be worth it (the caller replays everything).
     """
     from . import _fast_kernel as K
-
-    from ..resolve import PATH_ENUM, _codes
 
     seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
     sub = events["sub"].to_numpy()
@@ -533,9 +560,7 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     n_ins = len(ins) if ins is not None else 0
     if len(kept) + n_ins > _MOST_CHANGED * (len(layout.line) + n_ins):
         return None
-    pos, attr = K.relayout(seq, sub, layout.seq[kept], layout.attr[kept], _codes(events["path"], PATH_ENUM),
-                           _lookup_tables(False)[2], events["host_cacheable"].fill_null(False).to_numpy())
-    part = Pieces(layout.line[kept], pos, attr)
+    part = Pieces(layout.line[kept], *_kept_pieces(events, layout, kept))
     if ins is not None:
         part = Pieces(*K.merge(part.line, part.pos, part.attr, ins.line, ins.pos, ins.attr))
     raw = scan(part, globals_, events.height, info, speculation)
