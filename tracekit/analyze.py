@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -171,10 +172,10 @@ def analyze(
     frames, costs, transformed = [], {}, {}
     with ExitStack() as stack:
         # The fast engine's compiled loops release the GIL and polars runs its own threads: the
-        # next mitigation is applied while the previous one is replayed (one replay at a time, so
-        # the engine's kept layout is never used by two at once, and one extra frame in memory),
-        # and each one's findings are written while the next is replayed.
-        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tracekit-replay"))
+        # next mitigation is applied while earlier ones are replayed (two at a time after the
+        # first, which makes the layout the others only read), and each one's findings are
+        # written while the next are replayed.
+        pool = stack.enter_context(ThreadPoolExecutor(_REPLAYS, thread_name_prefix="tracekit-replay"))
         writer = None if output is None else \
             stack.enter_context(TableWriter(output, schema=FINDINGS_SCHEMA, force=force))
         writing = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tracekit-write"))
@@ -185,24 +186,24 @@ def analyze(
             if writer is not None:
                 written.append(writing.submit(writer.write, found))
 
-        pending = None
+        pending: deque = deque()  # replays running, oldest first (their findings are kept in spec order)
         # the fast engine puts the columns it reads in order itself (cheaper than ordering all of them)
         ordered = engine != "fast" or keep_transformed
-        for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
+        for i, spec in enumerate(progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet)):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
-            if pending is not None:
-                done(pending.result())
+            # the first replay runs alone: it makes the layout (and the findings) the others reuse
+            while pending and (len(pending) >= _REPLAYS or i == 1):
+                done(pending.popleft().result())
             if engine == "fast" and len(specs) > 1:
-                pending = pool.submit(replay, mitigated, minfo, spec)
+                pending.append(pool.submit(replay, mitigated, minfo, spec))
             else:
-                pending = None
                 done(replay(mitigated, minfo, spec))
             costs[spec] = cost
             if keep_transformed:
                 transformed[spec] = mitigated
             del mitigated
-        if pending is not None:
-            done(pending.result())
+        while pending:
+            done(pending.popleft().result())
         findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
         meta = _meta(tr, info, speculation, engine, specs, costs)
         if writer is not None:
@@ -210,6 +211,10 @@ def analyze(
                 w.result()  # a failed write raises here (and the with block removes the file)
             writer.finish(info, {k: v for k, v in meta.items() if k not in _INFO_KEYS})
     return Analysis(findings, costs, meta, info, resolved, transformed)
+
+
+#: Replays of one trace's mitigations run at once by the fast engine (after the first).
+_REPLAYS = 2
 
 
 def _meta(tr, info: TraceInfo, speculation: str, engine: str, specs: list[str], costs: dict) -> dict[str, Any]:
