@@ -585,15 +585,15 @@ def union_lines(a, b):
 
 @njit(cache=True, nogil=True)
 def changed_recorded(seq, sub, types, base_seq, base_types):
-    """Rows of the recorded events (``sub == 0``, in seq order) whose piece type (path and
-    host-cacheable bit, see fast._piece_types) differs from the baseline frame's event of the
-    same seq (``base_seq`` ascending). Events the baseline lacks have no pieces (the layout's
-    checksums match): they are skipped."""
+    """Per row of the baseline frame (``base_seq`` ascending): whether this frame's recorded
+    event of the same seq (``sub == 0``, in seq order) has another piece type (path and
+    host-cacheable bit, see fast._piece_types), and how many do. Events the baseline lacks
+    have no pieces (the layout's checksums match): they are skipped."""
     n = seq.shape[0]
-    out = np.empty(n, np.int64)
+    m = base_seq.shape[0]
+    out = np.zeros(m, np.bool_)
     k = 0
     j = 0
-    m = base_seq.shape[0]
     for i in range(n):
         if sub[i] != 0:
             continue
@@ -601,7 +601,20 @@ def changed_recorded(seq, sub, types, base_seq, base_types):
         while j < m and base_seq[j] < s:
             j += 1
         if j < m and base_seq[j] == s and types[i] != base_types[j]:
-            out[k] = i
+            out[j] = True
+            k += 1
+    return out, k
+
+
+@njit(cache=True, nogil=True)
+def marked_lines(line, pos, mark):
+    """Distinct lines (ascending; ``line`` is sorted) of the pieces whose event (row ``pos``) is marked."""
+    n = line.shape[0]
+    out = np.empty(n, np.uint64)
+    k = 0
+    for i in range(n):
+        if mark[pos[i]] and (k == 0 or out[k - 1] != line[i]):
+            out[k] = line[i]
             k += 1
     return out[:k].copy()
 

@@ -548,14 +548,14 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
 
     seq = events["seq"].to_numpy().astype(np.uint64, copy=False)
     sub = events["sub"].to_numpy()
-    changed = K.changed_recorded(seq, sub, _piece_types(events), layout.frame_seq, layout.frame_types)
-    if len(changed) > _MOST_CHANGED * len(layout.frame_seq):
+    changed, n_changed = K.changed_recorded(seq, sub, _piece_types(events), layout.frame_seq, layout.frame_types)
+    if n_changed > _MOST_CHANGED * len(layout.frame_seq):
         return None  # most events retyped (mair-trap on a guest's whole RAM): not worth it
     inserted = np.flatnonzero(sub != 0)
     ins = explode(events, info, rows=inserted) if len(inserted) else None
-    none = np.zeros(0, np.uint64)
-    touched = K.union_lines(explode(events, info, rows=changed).line if len(changed) else none,
-                            ins.line if ins is not None else none)  # ascending, distinct
+    # the lines of the changed events' pieces, from the layout (its pieces' rows are the baseline's)
+    touched = K.union_lines(K.marked_lines(layout.line, layout.pos, changed) if n_changed else np.zeros(0, np.uint64),
+                            ins.line if ins is not None else np.zeros(0, np.uint64))  # ascending, distinct
     kept = np.flatnonzero(K.on_lines(layout.line, touched))
     n_ins = len(ins) if ins is not None else 0
     if len(kept) + n_ins > _MOST_CHANGED * (len(layout.line) + n_ins):
