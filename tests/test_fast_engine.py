@@ -343,13 +343,17 @@ def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
 
 @pytest.mark.parametrize("keys, want", [
     ([(1, 0), (3, 0), (2, -1), (3, 1)], [0, 2, 1, 3]),  # a frame, then the events appended to it
-    ([(1, 0), (2, 0), (2, 0)], [0, 1, 2]),  # a tie: the first run's row first (stable)
-    ([(5, 0), (1, 0)], [1, 0]),
-    ([(3, 0), (2, 0), (1, 0)], []),  # three runs: not this kernel's case (argsort)
+    ([(1, 0), (2, 1), (2, 1)], [0, 1, 2]),  # equal keys, one run
+    ([(2, 1), (3, 0), (2, 1), (2, 1)], [0, 2, 3, 1]),  # equal keys: the first run's row first (stable)
+    ([(3, 0), (1, -1), (1, -1), (2, -1)], [1, 2, 3, 0]),  # equal keys within the second run
+    ([(5, 0), (1, -1)], [1, 0]),
+    ([(5, 0), (1, 0)], []),  # a recorded event in the second run: recorded events out of order
+    ([(3, 0), (2, 1), (1, 1)], []),  # three runs: not this kernel's case (argsort)
 ])
 def test_two_run_order_merges_a_frame_and_its_appended_events(keys, want):
-    """apply_mitigation(..., ordered=False) gives two runs in (seq, sub) order; the fast engine
-    merges them (stably) instead of sorting, and says when the rows are not two runs."""
+    """apply_mitigation(..., ordered=False) gives two runs in (seq, sub) order, the second of
+    inserted events; the fast engine merges them (stably) instead of sorting, and says when
+    the rows are not such two runs (then it sorts the columns it reads)."""
     import numpy as np
 
     from tracekit.engine._fast_kernel import two_run_order
@@ -357,3 +361,24 @@ def test_two_run_order_merges_a_frame_and_its_appended_events(keys, want):
     seq = np.array([k[0] for k in keys], np.uint64)
     sub = np.array([k[1] for k in keys], np.int32)
     assert two_run_order(seq, sub).tolist() == want
+
+
+def test_inserted_events_of_both_runs_are_cut_in_rank_order():
+    """Regression (a trace hypothesis found for test_analyze_of_the_whole_catalog_gives_the_
+    reference_findings, kept in tests/data): under apply_mitigation(..., ordered=False),
+    host-cmo+guest-dma-cmo leaves host-cmo's maintenance among the trace's rows and appends
+    guest-dma-cmo's. Cut in row order, a line's inserted pieces came out of (seq, sub) order
+    and the fast engine reported a stale read the reference engine does not."""
+    from pathlib import Path
+
+    from tracekit.mitigations import apply_mitigation
+    from tracekit.trace import load
+
+    tr = load(Path(__file__).resolve().parent / "data" / "two-runs-rank-order.parquet")
+    r = resolve(tr.events, tr.info)
+    spec = "host-cmo+guest-dma-cmo"
+    loose, minfo, _cost = apply_mitigation(r, spec, tr.info, ordered=False)
+    ordered = loose.sort("seq", "sub", maintain_order=True)
+    assert not loose.equals(ordered)  # the case at hand: rows out of order
+    fast.clear_cache()
+    assert_frame_equal(fast.replay(loose, minfo, mitigation=spec), reference.replay(ordered, minfo, mitigation=spec))

@@ -651,16 +651,22 @@ def merge_findings(a_key, a_line, a_kc, a_keep, b_key, b_line, b_kc):
 
 @njit(cache=True, nogil=True)
 def two_run_order(seq, sub):
-    """Rows in (seq, sub) order when the rows are two runs each in that order (a frame and the
-    events appended to it), merged stably (ties: the first run's row first); an empty array
-    when they are not."""
+    """Rows in (seq, sub) order when the rows are two runs each in that order, the second of
+    inserted events only (``sub != 0``: a frame and the events appended to it), merged stably
+    (ties: the first run's row first); an empty array when they are not."""
     n = seq.shape[0]
     cut = -1
     for i in range(1, n):
-        if seq[i] < seq[i - 1] or (seq[i] == seq[i - 1] and sub[i] <= sub[i - 1]):
+        # equal keys do not cut a run (a mitigation may insert several events at one place)
+        if seq[i] < seq[i - 1] or (seq[i] == seq[i - 1] and sub[i] < sub[i - 1]):
             if cut >= 0:
                 return np.empty(0, np.int64)
             cut = i
+    if cut < 0:
+        return np.arange(n)
+    for i in range(cut, n):
+        if sub[i] == 0:  # a recorded event after the cut: recorded events not in seq order
+            return np.empty(0, np.int64)
     out = np.empty(n, np.int64)
     i = 0
     j = cut

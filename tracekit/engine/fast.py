@@ -107,11 +107,25 @@ def _event_codes(events: pl.DataFrame, info: TraceInfo, rows: np.ndarray | None 
             "path": path, "eff": eff, "hostc": hostc, "ram": ram}
 
 
-def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = None) -> Pieces:
-    """Cut events (or the ``rows`` subset) into per-line pieces, sorted by (line, pos)."""
+def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = None,
+            ranks: "_Ranks | None" = None) -> Pieces:
+    """Cut events (or the ``rows`` subset) into per-line pieces, sorted by (line, pos).
+
+    ``ranks``: the frame's rows are not in (seq, sub) order; a piece's position is its
+    event's rank in that order, not its row.
+    """
     from . import _fast_kernel as K
 
     ev = _event_codes(events, info, rows)
+    if ranks is not None:
+        pos = ranks(ev["pos"])
+        if len(pos) > 1 and not bool(np.all(pos[1:] > pos[:-1])):
+            # the rows' ranks are not ascending (inserted events of both runs): the cut below
+            # keeps its input's order within a line, so the events go in rank order first
+            order = np.argsort(pos, kind="stable")
+            ev = {k: v[order] for k, v in ev.items()}
+            pos = pos[order]
+        ev["pos"] = pos
     code = ev["code"]
     zva = code == _ZVA
     code = np.where(zva, WRITE, code).astype(np.int8)
@@ -133,8 +147,10 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     return Pieces(line, pos, attr).take(np.argsort(line, kind="stable"))
 
 
-def global_ops(events: pl.DataFrame, info: TraceInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Positions of the whole-cache operations that act: ram.civac, IC IALLU(IS), discarding DC ISW."""
+def global_ops(events: pl.DataFrame, info: TraceInfo, ranks: "_Ranks | None" = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (ascending) of the whole-cache operations that act: ram.civac, IC IALLU(IS),
+    discarding DC ISW. ``ranks``: as for ``explode``."""
     g = (
         events.lazy()
         .select(pos=pl.int_range(pl.len(), dtype=pl.Int64), op=pl.col("op"), cmo=pl.col("cmo"),
@@ -145,11 +161,12 @@ def global_ops(events: pl.DataFrame, info: TraceInfo) -> tuple[np.ndarray, np.nd
     cmo = g["cmo"]
     pos = g["pos"]
     isw_discards = (cmo == "dc.isw") & ~((g["side"] == "guest") & info.stage2)
-    return (
+    out = (
         pos.filter(cmo == "ram.civac").to_numpy().astype(np.int64),
         pos.filter(cmo.is_in(["ic.iallu", "ic.ialluis"])).to_numpy().astype(np.int64),
         pos.filter(isw_discards).to_numpy().astype(np.int64),
     )
+    return out if ranks is None else tuple(np.sort(ranks(p)) for p in out)
 
 
 #: Pieces above which the scan is split in two at a line boundary, one half per core.
@@ -286,13 +303,30 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
 _REPLAY_COLUMNS = ("seq", "sub", "op", "cmo", "side", "region_kind", "path", "addr", "size", "host_cacheable")
 
 
-def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None]:
-    """The frame in (seq, sub) order, and (when it was not) the rows of ``events`` in that order.
+class _Ranks:
+    """Where each row of a frame stands in (seq, sub) order, for a frame replayed in its own
+    row order: the engine's positions are ranks, the frame is read by row."""
 
-    The contract allows rows in any order (``apply_mitigation(..., ordered=False)``
-    appends inserted events): then only the columns the replay reads are put in
-    order (two ordered runs are merged; anything else is a stable sort of one packed
-    key), and the findings' columns are gathered through ``rows``.
+    __slots__ = ("of",)
+
+    def __init__(self, rows: np.ndarray):
+        self.of = np.empty_like(rows)
+        self.of[rows] = np.arange(len(rows), dtype=rows.dtype)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.of[rows]
+
+
+def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None, _Ranks | None]:
+    """The frame to replay, the rows of ``events`` in (seq, sub) order (None: the rows are in
+    that order), and the rank of each row when the frame is replayed in its own row order.
+
+    The contract allows rows in any order. What ``apply_mitigation(..., ordered=False)``
+    gives (a frame in order, then the events the last mitigation inserted, in order) is
+    replayed as it is: its recorded events are still in seq order, so everything the
+    replay derives from rows holds, and positions become ranks (``_Ranks``). Any other
+    order: the columns the replay reads are put in order (a stable sort of one packed
+    key). Either way the findings' columns are gathered through ``rows``.
     """
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
@@ -301,14 +335,16 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None]:
     seq = events["seq"].to_numpy()
     sub = events["sub"].to_numpy()
     if ordered(seq, sub):
-        return events, None
+        return events, None, None
     rows = two_run_order(seq, sub)  # what apply_mitigation(..., ordered=False) gives: one merge
-    if not len(rows) and int(seq.max()) < 1 << 32:
+    if len(rows):
+        return events, rows, _Ranks(rows)
+    if int(seq.max()) < 1 << 32:
         key = (seq.astype(np.uint64) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
         rows = np.argsort(key, kind="stable")
-    elif not len(rows):
+    else:
         rows = np.lexsort((sub, seq))  # stable too
-    return events.select(_REPLAY_COLUMNS)[rows], rows
+    return events.select(_REPLAY_COLUMNS)[rows], rows, None
 
 
 class _Layout:
@@ -410,8 +446,8 @@ def _kept_layout(events: pl.DataFrame, info: TraceInfo, reuse: bool) -> tuple["_
     return (_LAST if _LAST is not None and _LAST.key == key else None), key
 
 
-def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None = None,
+                 ranks: _Ranks | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Positions in this frame of the kept layout's pieces (all, or ``which``), and their
     attributes with this frame's path and host-cacheable bit.
 
@@ -435,13 +471,15 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
             pos = layout.pos if which is None else layout.pos[which]
             if len(recorded) != len(seq):  # rows were inserted: the recorded ones moved down
                 pos = recorded[pos]
-            return pos, K.retyped(pos, attr, path_code, path_lut, hostc)
-    return K.relayout(seq.astype(np.uint64, copy=False), sub, layout.seq if which is None else layout.seq[which],
-                      attr, path_code, path_lut, hostc)
+            attr = K.retyped(pos, attr, path_code, path_lut, hostc)
+            return (pos if ranks is None else ranks(pos)), attr
+    pos, attr = K.relayout(seq.astype(np.uint64, copy=False), sub, layout.seq if which is None else layout.seq[which],
+                           attr, path_code, path_lut, hostc)
+    return (pos if ranks is None else ranks(pos)), attr
 
 
 def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key: tuple | None,
-            reuse: bool) -> tuple[Pieces, "_Layout | None"]:
+            reuse: bool, ranks: _Ranks | None = None) -> tuple[Pieces, "_Layout | None"]:
     """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order, and the
     layout this call made (None: it used the kept one, or keeps none).
 
@@ -456,16 +494,19 @@ def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key
     inserted = np.flatnonzero(sub != 0)
     made = None
     if layout is not None:
-        rec = Pieces(layout.line, *_kept_pieces(events, layout))
+        rec = Pieces(layout.line, *_kept_pieces(events, layout, ranks=ranks))
     else:
-        rec = explode(events, info, rows=np.flatnonzero(sub == 0)) if len(inserted) else explode(events, info)
+        recorded = np.flatnonzero(sub == 0)
+        rec = explode(events, info, rows=recorded, ranks=ranks) if len(inserted) else explode(events, info)
         if reuse:
-            made = _LAST = _Layout(key, seq[rec.pos], rec.line, rec.attr)
+            # (with ranks, recorded events keep their order: the k-th recorded rank is the k-th recorded row)
+            rec_seq = seq[rec.pos] if ranks is None else seq[recorded[np.searchsorted(ranks(recorded), rec.pos)]]
+            made = _LAST = _Layout(key, rec_seq, rec.line, rec.attr)
             if not len(inserted):
                 made.pos, made.frame_seq, made.frame_types = rec.pos, seq, _piece_types(events)
     if not len(inserted):
         return rec, made
-    ins = explode(events, info, rows=inserted)
+    ins = explode(events, info, rows=inserted, ranks=ranks)
     return Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr)), made
 
 
@@ -484,27 +525,27 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     if speculation not in ("architectural", "observed"):
         raise UsageError(f"--speculation: expected architectural or observed, found {speculation!r}")
     wide = events
-    events, rows = _in_order(events)
+    events, rows, ranks = _in_order(events)
     layout, key = _kept_layout(events, info, reuse)
-    globals_ = global_ops(events, info)
+    globals_ = global_ops(events, info, ranks)
     if same_trace is not None and events.height and int(events["seq"].max()) >= 1 << 32:
         same_trace = None  # (seq, sub) is packed in 64 bits below: 4 G events and more replay whole
     base = layout.baseline if layout is not None and same_trace is not None else None
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
-        seq_sub = _SeqSub(events)
+        seq_sub = _SeqSub(events, rows if ranks is not None else None)
         if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
             found = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact, base,
-                                          seq_sub, _Source(wide, rows))
+                                          seq_sub, _Source(wide, rows), ranks)
             if found is not None:
                 return found
-    pieces, made = _pieces(events, info, layout, key, reuse)
+    pieces, made = _pieces(events, info, layout, key, reuse, ranks)
     raw = scan(pieces, globals_, events.height, info, speculation)
     found = findings_frame(raw, pieces, _Source(wide, rows), info, mitigation, compact)
     if same_trace is not None and made is not None and made.frame_seq is not None:
         # this replay made the layout and inserted nothing: later mitigations of the trace are
         # replayed against it only on the lines where they differ
-        seq_sub = _SeqSub(events)
+        seq_sub = _SeqSub(events, rows if ranks is not None else None)
         made.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact, same_trace)
     return found
 
@@ -519,20 +560,22 @@ class _SeqSub:
     Computed only at the rows asked for (whole-cache operations, findings), not for every event.
     """
 
-    __slots__ = ("seq", "sub")
+    __slots__ = ("seq", "sub", "rows")
 
-    def __init__(self, events: pl.DataFrame):
+    def __init__(self, events: pl.DataFrame, rows: np.ndarray | None = None):
         self.seq = events["seq"].to_numpy()
         self.sub = events["sub"].to_numpy()
+        self.rows = rows  # the row at each position, when the frame is replayed out of order
 
-    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+    def __getitem__(self, pos: np.ndarray) -> np.ndarray:
+        rows = pos if self.rows is None else self.rows[pos]
         seq = self.seq[rows].astype(np.uint64, copy=False)
         return (seq << np.uint64(32)) | (self.sub[rows].astype(np.int64) + (1 << 31)).astype(np.uint64)
 
 
 def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,
                           mitigation: str, speculation: str, compact: bool, base: _Baseline,
-                          seq_sub: _SeqSub, source: _Source) -> pl.DataFrame | None:
+                          seq_sub: _SeqSub, source: _Source, ranks: _Ranks | None = None) -> pl.DataFrame | None:
     """Findings of a mitigated frame from the baseline's on the lines it leaves alone.
 
     Every hazard is local to one line: given the same whole-cache operations (the same
@@ -552,7 +595,7 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     if n_changed > _MOST_CHANGED * len(layout.frame_seq):
         return None  # most events retyped (mair-trap on a guest's whole RAM): not worth it
     inserted = np.flatnonzero(sub != 0)
-    ins = explode(events, info, rows=inserted) if len(inserted) else None
+    ins = explode(events, info, rows=inserted, ranks=ranks) if len(inserted) else None
     # the lines of the changed events' pieces, from the layout (its pieces' rows are the baseline's)
     touched = K.union_lines(K.marked_lines(layout.line, layout.pos, changed) if n_changed else np.zeros(0, np.uint64),
                             ins.line if ins is not None else np.zeros(0, np.uint64))  # ascending, distinct
@@ -560,7 +603,7 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     n_ins = len(ins) if ins is not None else 0
     if len(kept) + n_ins > _MOST_CHANGED * (len(layout.line) + n_ins):
         return None
-    part = Pieces(layout.line[kept], *_kept_pieces(events, layout, kept))
+    part = Pieces(layout.line[kept], *_kept_pieces(events, layout, kept, ranks))
     if ins is not None:
         part = Pieces(*K.merge(part.line, part.pos, part.attr, ins.line, ins.pos, ins.attr))
     raw = scan(part, globals_, events.height, info, speculation)
