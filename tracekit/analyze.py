@@ -187,7 +187,7 @@ def analyze(
                 written.append(writing.submit(writer.write, found))
 
         pending: deque = deque()  # replays running, oldest first (their findings are kept in spec order)
-        # the fast engine puts the columns it reads in order itself (cheaper than ordering all of them)
+        # the fast engine replays a frame with its inserted events appended (cheaper than merging them)
         ordered = engine != "fast" or keep_transformed
         for i, spec in enumerate(progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet)):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)

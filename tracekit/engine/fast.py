@@ -303,13 +303,20 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
 _REPLAY_COLUMNS = ("seq", "sub", "op", "cmo", "side", "region_kind", "path", "addr", "size", "host_cacheable")
 
 
+def _seq_sub_key(seq: np.ndarray, sub: np.ndarray) -> np.ndarray:
+    """(seq, sub) as one uint64 that orders like the pair (seq below 2^32): the identity of an
+    event across frames of one trace, and the replay's sort key."""
+    return (seq.astype(np.uint64, copy=False) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
+
+
 class _Ranks:
     """Where each row of a frame stands in (seq, sub) order, for a frame replayed in its own
     row order: the engine's positions are ranks, the frame is read by row."""
 
-    __slots__ = ("of",)
+    __slots__ = ("rows", "of")
 
     def __init__(self, rows: np.ndarray):
+        self.rows = rows  # the row at each rank
         self.of = np.empty_like(rows)
         self.of[rows] = np.arange(len(rows), dtype=rows.dtype)
 
@@ -340,8 +347,7 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None, _R
     if len(rows):
         return events, rows, _Ranks(rows)
     if int(seq.max()) < 1 << 32:
-        key = (seq.astype(np.uint64) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
-        rows = np.argsort(key, kind="stable")
+        rows = np.argsort(_seq_sub_key(seq, sub), kind="stable")
     else:
         rows = np.lexsort((sub, seq))  # stable too
     return events.select(_REPLAY_COLUMNS)[rows], rows, None
@@ -381,7 +387,8 @@ class _Baseline:
     def __init__(self, findings: pl.DataFrame, globals_: tuple, speculation: str, compact: bool, token: object):
         self.findings, self.globals, self.speculation, self.compact = findings, globals_, speculation, compact
         self.token = token  # the caller's same_trace: the layout's key does not cover agents, sources...
-        self.key = (findings["seq"].to_numpy().astype(np.uint64) << np.uint64(32)) | np.uint64(1 << 31)
+        seq = findings["seq"].to_numpy()
+        self.key = _seq_sub_key(seq, np.zeros(len(seq), np.int32))
         self.line = findings["line"].to_numpy()
         self.kc = _kind_cause_rank(findings)
 
@@ -499,9 +506,7 @@ def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key
         recorded = np.flatnonzero(sub == 0)
         rec = explode(events, info, rows=recorded, ranks=ranks) if len(inserted) else explode(events, info)
         if reuse:
-            # (with ranks, recorded events keep their order: the k-th recorded rank is the k-th recorded row)
-            rec_seq = seq[rec.pos] if ranks is None else seq[recorded[np.searchsorted(ranks(recorded), rec.pos)]]
-            made = _LAST = _Layout(key, rec_seq, rec.line, rec.attr)
+            made = _LAST = _Layout(key, seq[rec.pos if ranks is None else ranks.rows[rec.pos]], rec.line, rec.attr)
             if not len(inserted):
                 made.pos, made.frame_seq, made.frame_types = rec.pos, seq, _piece_types(events)
     if not len(inserted):
@@ -533,7 +538,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     base = layout.baseline if layout is not None and same_trace is not None else None
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
-        seq_sub = _SeqSub(events, rows if ranks is not None else None)
+        seq_sub = _SeqSub(events, ranks)
         if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
             found = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact, base,
                                           seq_sub, _Source(wide, rows), ranks)
@@ -545,7 +550,7 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     if same_trace is not None and made is not None and made.frame_seq is not None:
         # this replay made the layout and inserted nothing: later mitigations of the trace are
         # replayed against it only on the lines where they differ
-        seq_sub = _SeqSub(events, rows if ranks is not None else None)
+        seq_sub = _SeqSub(events, ranks)
         made.baseline = _Baseline(found, tuple(seq_sub[g] for g in globals_), speculation, compact, same_trace)
     return found
 
@@ -560,17 +565,16 @@ class _SeqSub:
     Computed only at the rows asked for (whole-cache operations, findings), not for every event.
     """
 
-    __slots__ = ("seq", "sub", "rows")
+    __slots__ = ("seq", "sub", "ranks")
 
-    def __init__(self, events: pl.DataFrame, rows: np.ndarray | None = None):
+    def __init__(self, events: pl.DataFrame, ranks: _Ranks | None = None):
         self.seq = events["seq"].to_numpy()
         self.sub = events["sub"].to_numpy()
-        self.rows = rows  # the row at each position, when the frame is replayed out of order
+        self.ranks = ranks  # when the frame is replayed in its own row order
 
     def __getitem__(self, pos: np.ndarray) -> np.ndarray:
-        rows = pos if self.rows is None else self.rows[pos]
-        seq = self.seq[rows].astype(np.uint64, copy=False)
-        return (seq << np.uint64(32)) | (self.sub[rows].astype(np.int64) + (1 << 31)).astype(np.uint64)
+        rows = pos if self.ranks is None else self.ranks.rows[pos]
+        return _seq_sub_key(self.seq[rows], self.sub[rows])
 
 
 def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,

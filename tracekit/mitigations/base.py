@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from contextvars import ContextVar
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -368,8 +368,8 @@ def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:
     The frame is already in (seq, sub) order and the inserted events are few, so
     they are sorted alone and placed by a binary search instead of sorting the
     whole trace again. Inside ``apply_mitigation(..., ordered=False)`` the last
-    mitigation's events are only appended (see there): the fast engine orders the
-    few columns it reads itself, far cheaper than moving every column of the trace.
+    mitigation's events are only appended (see there): the fast engine replays such
+    a frame by rank, far cheaper than moving every column of the trace.
     """
     base = collect(frame)
     ins = [collect(i) for i in inserted]
@@ -695,10 +695,10 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
     engines must use with it (FWB, host mappings), and the cost.
 
     ``ordered=False``: the rows may come out of order (the frame the last built-in
-    mitigation received, then the events it inserted). For a frame that
-    goes straight to the fast engine, which puts the few columns it reads in
-    order itself: putting every column of a 10 M-event trace in order costs 1-3 s
-    per mitigation. A mitigation always receives an ordered frame.
+    mitigation received, then the events it inserted). For a frame that goes
+    straight to the fast engine, which replays it by each event's rank: putting
+    every column of a 10 M-event trace in order costs 1-3 s per mitigation. A
+    mitigation always receives an ordered frame.
     """
     names = parse_spec(spec)
     resolved = collect(resolved)
