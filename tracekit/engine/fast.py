@@ -337,6 +337,10 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None, _R
     """
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
+    if any(n > 1 for n in events.select(_REPLAY_COLUMNS).n_chunks("all")):
+        # a frame in pieces (a mitigation appended its events): the replay reads its columns as
+        # numpy arrays, several times each, and every read of a column in pieces copies it
+        events = events.select(_REPLAY_COLUMNS).rechunk()
     from ._fast_kernel import ordered, two_run_order
 
     seq = events["seq"].to_numpy()
