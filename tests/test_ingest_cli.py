@@ -90,6 +90,28 @@ def test_columns_are_stored_with_the_schemas_encodings(tmp_path):
         assert "RLE_DICTIONARY" in enc[col] and "DELTA_BINARY_PACKED" not in enc[col], (col, enc[col])
 
 
+def test_row_groups_carry_statistics_of_numbers_and_of_the_named_text_columns(tmp_path):
+    """storage.text_statistics: a trace keeps none of its text columns' statistics; findings
+    keep mitigation's (a reader of one mitigation skips the others' row groups)."""
+    from tracekit.analyze import analyze as run
+
+    src = write(tmp_path, "s.tkt", SCENARIO)
+    trace = tmp_path / "s.parquet"
+    ingest(src, trace, quiet=True)
+    meta = pq.ParquetFile(trace).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).is_stats_set for i in range(meta.num_columns)}
+    assert stats["seq"] and stats["addr"] and stats["time"]
+    assert not stats["agent"] and not stats["op"] and not stats["src"]
+    findings = tmp_path / "f.parquet"
+    run(str(trace), ["none", "mair-trap"], output=str(findings))
+    meta = pq.ParquetFile(findings).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).statistics for i in range(meta.num_columns)}
+    first = pl.read_parquet(findings)["mitigation"][0]
+    assert stats["mitigation"] is not None and stats["mitigation"].min == first
+    assert stats["seq"] is not None
+    assert stats["kind"] is None and stats["agent"] is None
+
+
 def test_scan_parquet_gives_the_documented_columns(tmp_path):
     out = tmp_path / "s.parquet"
     ingest(write(tmp_path, "s.tkt", SCENARIO), out, quiet=True)
