@@ -55,3 +55,50 @@ def test_an_existing_findings_file_needs_force(trace, tmp_path):
     assert out.read_text() == "keep me"
     analyze(trace, ["none"], output=out, force=True)
     assert pl.read_parquet(out).height == load_analysis(out).findings.height
+
+
+def test_mitigations_are_applied_while_the_first_replay_runs_and_findings_stay_in_spec_order(trace, tmp_path,
+                                                                                           monkeypatch):
+    """analyze applies up to _AHEAD mitigations while the first replay (which makes the layout
+    the others reuse) runs alone; replays then finish in any order, the findings do not."""
+    import importlib
+    import threading
+    import time
+
+    analyze_mod = importlib.import_module("tracekit.analyze")
+    fast = analyze_mod.get_engine("fast")
+    first_done = threading.Event()
+    applied_early: list[str] = []
+    finished: list[str] = []
+
+    def engine(frame, info, *, mitigation, **kw):
+        if mitigation == "none":
+            time.sleep(0.5)  # a long first replay
+        elif mitigation == "mair-trap":
+            time.sleep(0.3)  # finishes after the next one
+        found = fast(frame, info, mitigation=mitigation, **kw)
+        finished.append(mitigation)
+        if mitigation == "none":
+            first_done.set()
+        return found
+
+    real_apply = importlib.import_module("tracekit.mitigations").apply_mitigation
+
+    def apply(resolved, spec, info, **kw):
+        out = real_apply(resolved, spec, info, **kw)
+        if spec != "none" and not first_done.is_set():
+            applied_early.append(spec)
+        return out
+
+    monkeypatch.setattr(analyze_mod, "get_engine", lambda name: engine)
+    monkeypatch.setattr("tracekit.mitigations.apply_mitigation", apply)
+    specs = ["none", "mair-trap", "guest-boot-inval", "coherent-device", "s2fwb", "host-cmo"]
+    got = analyze(trace, specs, output=tmp_path / "f.parquet")
+    assert applied_early == specs[1:1 + analyze_mod._AHEAD]
+    assert finished.index("guest-boot-inval") < finished.index("mair-trap")  # out of order...
+    monkeypatch.undo()
+    want = analyze(trace, specs)
+    assert_frame_equal(got.findings, want.findings)  # ...but kept in spec order
+    assert got.findings["mitigation"].unique(maintain_order=True).to_list() == \
+        [s for s in specs if s in set(want.findings["mitigation"])]
+    assert_frame_equal(pl.read_parquet(tmp_path / "f.parquet"), want.findings)

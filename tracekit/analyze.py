@@ -187,21 +187,42 @@ def analyze(
                 written.append(writing.submit(writer.write, found))
 
         pending: deque = deque()  # replays running, oldest first (their findings are kept in spec order)
+        ready: deque = deque()  # mitigations applied, waiting for a replay to start
+        started = 0
+
+        def pump(block: bool) -> None:
+            """Start the ready replays while there is room, in spec order; ``block``: wait for room."""
+            nonlocal started
+            while ready:
+                while pending and pending[0].done():
+                    done(pending.popleft().result())
+                # the first replay runs alone: it makes the layout (and the findings) the others reuse
+                if pending and (started == 1 or len(pending) >= _REPLAYS):
+                    if not block:
+                        return
+                    done(pending.popleft().result())
+                    continue
+                spec, mitigated, minfo = ready.popleft()
+                pending.append(pool.submit(replay, mitigated, minfo, spec))
+                started += 1
+
         # the fast engine replays a frame with its inserted events appended (cheaper than merging them)
         ordered = engine != "fast" or keep_transformed
-        for i, spec in enumerate(progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet)):
+        concurrent = engine == "fast" and len(specs) > 1
+        for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
-            # the first replay runs alone: it makes the layout (and the findings) the others reuse
-            while pending and (len(pending) >= _REPLAYS or i == 1):
-                done(pending.popleft().result())
-            if engine == "fast" and len(specs) > 1:
-                pending.append(pool.submit(replay, mitigated, minfo, spec))
-            else:
-                done(replay(mitigated, minfo, spec))
             costs[spec] = cost
             if keep_transformed:
                 transformed[spec] = mitigated
+            if not concurrent:
+                done(replay(mitigated, minfo, spec))
+                continue
+            ready.append((spec, mitigated, minfo))
             del mitigated
+            # while the first replay runs alone, up to _AHEAD more mitigations are applied
+            # meanwhile (their frames share the resolved frame's columns); then one at a time
+            pump(block=not (started == 1 and pending and len(ready) < _AHEAD))
+        pump(block=True)
         while pending:
             done(pending.popleft().result())
         findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
@@ -215,6 +236,8 @@ def analyze(
 
 #: Replays of one trace's mitigations run at once by the fast engine (after the first).
 _REPLAYS = 2
+#: Mitigations applied ahead while the first replay runs alone (frames held at once).
+_AHEAD = 3
 
 
 def _meta(tr, info: TraceInfo, speculation: str, engine: str, specs: list[str], costs: dict) -> dict[str, Any]:

@@ -490,12 +490,12 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
 
 
 def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key: tuple | None,
-            reuse: bool, ranks: _Ranks | None = None) -> tuple[Pieces, "_Layout | None"]:
+            reuse: bool, ranks: _Ranks | None = None, ins: Pieces | None = None) -> tuple[Pieces, "_Layout | None"]:
     """The per-line pieces of a resolved (and mitigated) frame in (line, pos) order, and the
     layout this call made (None: it used the kept one, or keeps none).
 
     With the kept layout, a mitigated frame only re-reads path and host-cacheable for the
-    recorded events' pieces, cuts its own inserted events, and merges.
+    recorded events' pieces, cuts its own inserted events (``ins``: already cut), and merges.
     """
     global _LAST
     from . import _fast_kernel as K
@@ -515,7 +515,8 @@ def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key
                 made.pos, made.frame_seq, made.frame_types = rec.pos, seq, _piece_types(events)
     if not len(inserted):
         return rec, made
-    ins = explode(events, info, rows=inserted, ranks=ranks)
+    if ins is None:
+        ins = explode(events, info, rows=inserted, ranks=ranks)
     return Pieces(*K.merge(rec.line, rec.pos, rec.attr, ins.line, ins.pos, ins.attr)), made
 
 
@@ -540,15 +541,16 @@ def replay(events: pl.DataFrame, info: TraceInfo, *, mitigation: str = "none",
     if same_trace is not None and events.height and int(events["seq"].max()) >= 1 << 32:
         same_trace = None  # (seq, sub) is packed in 64 bits below: 4 G events and more replay whole
     base = layout.baseline if layout is not None and same_trace is not None else None
+    ins = None  # the inserted events' pieces, when a replay of the changed lines cut them and gave up
     if base is not None and base.token is same_trace and base.speculation == speculation \
             and base.compact == compact:
         seq_sub = _SeqSub(events, ranks)
         if all(np.array_equal(seq_sub[g], b) for g, b in zip(globals_, base.globals)):
-            found = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact, base,
-                                          seq_sub, _Source(wide, rows), ranks)
+            found, ins = _replay_changed_lines(events, info, layout, globals_, mitigation, speculation, compact,
+                                               base, seq_sub, _Source(wide, rows), ranks)
             if found is not None:
                 return found
-    pieces, made = _pieces(events, info, layout, key, reuse, ranks)
+    pieces, made = _pieces(events, info, layout, key, reuse, ranks, ins)
     raw = scan(pieces, globals_, events.height, info, speculation)
     found = findings_frame(raw, pieces, _Source(wide, rows), info, mitigation, compact)
     if same_trace is not None and made is not None and made.frame_seq is not None:
@@ -583,7 +585,8 @@ class _SeqSub:
 
 def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,
                           mitigation: str, speculation: str, compact: bool, base: _Baseline,
-                          seq_sub: _SeqSub, source: _Source, ranks: _Ranks | None = None) -> pl.DataFrame | None:
+                          seq_sub: _SeqSub, source: _Source, ranks: _Ranks | None = None
+                          ) -> tuple[pl.DataFrame | None, Pieces | None]:
     """Findings of a mitigated frame from the baseline's on the lines it leaves alone.
 
     Every hazard is local to one line: given the same whole-cache operations (the same
@@ -593,7 +596,8 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     host-cacheable bit changed and of the inserted events; only their pieces are laid out
     and scanned; the rest are the baseline's rows relabelled, and both are merged in the
     engine's order (seq, sub, line, kind, cause).
-    None: too much changed to be worth it (the caller replays everything).
+    None: too much changed to be worth it (the caller replays everything, with the inserted
+    events' pieces returned beside it when they were cut).
     """
     from . import _fast_kernel as K
 
@@ -601,7 +605,7 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     sub = events["sub"].to_numpy()
     changed, n_changed = K.changed_recorded(seq, sub, _piece_types(events), layout.frame_seq, layout.frame_types)
     if n_changed > _MOST_CHANGED * len(layout.frame_seq):
-        return None  # most events retyped (mair-trap on a guest's whole RAM): not worth it
+        return None, None  # most events retyped (mair-trap on a guest's whole RAM): not worth it
     inserted = np.flatnonzero(sub != 0)
     ins = explode(events, info, rows=inserted, ranks=ranks) if len(inserted) else None
     # the lines of the changed events' pieces, from the layout (its pieces' rows are the baseline's)
@@ -610,7 +614,7 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     kept = np.flatnonzero(K.on_lines(layout.line, touched))
     n_ins = len(ins) if ins is not None else 0
     if len(kept) + n_ins > _MOST_CHANGED * (len(layout.line) + n_ins):
-        return None
+        return None, ins
     part = Pieces(layout.line[kept], *_kept_pieces(events, layout, kept, ranks))
     if ins is not None:
         part = Pieces(*K.merge(part.line, part.pos, part.attr, ins.line, ins.pos, ins.attr))
@@ -623,4 +627,4 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     keep_old = touched_at[i] != base.line if len(touched_at) else np.ones(len(base.line), np.bool_)
     order = K.merge_findings(base.key, base.line, base.kc, keep_old, seq_sub[pos],
                              fresh["line"].to_numpy(), _kind_cause_rank(fresh))
-    return pl.concat([old, fresh], how="vertical", rechunk=False)[order]
+    return pl.concat([old, fresh], how="vertical", rechunk=False)[order], ins
