@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import TracekitError, UnknownMitigationError
-from ..model import TraceInfo
+from ..model import SIDES, TraceInfo
 
 Frame = pl.LazyFrame | pl.DataFrame
 
@@ -330,25 +330,35 @@ def inserted_events(anchors: Frame, ctx: MitigationContext, schema: Mapping[str,
     ``op = "cmo"``, ``agent = ACTING/NAME``, the acting agent's ``side``, the
     region columns joined from ``ctx.info`` (``ram.civac``: region_kind ``ram``),
     and null types (a cmo has none).
+
+    An anchor that already knows the region columns of ``locate`` (an access
+    maintained on its own lines: they are the access's) may carry all four
+    (region, region_kind, shared, host_cacheable): they are taken as they are,
+    instead of being looked up (two sorts of the anchors and a join: 0.2 s for
+    guest-dma-cmo's 2 M events on 10 M).
     """
     a = lazy(anchors)
-    names = a.collect_schema().names()
+    given = a.collect_schema()
+    names = given.names()
     if "locate" not in names:
         a = a.with_columns(locate=pl.col("addr"))
-    regions = region_table(ctx.info).lazy()
-    a = (
-        a.with_columns(_row=pl.int_range(pl.len()), _loc=pl.col("locate").cast(pl.UInt64).fill_null(0))
-        .sort("_loc")
-        .join_asof(regions, left_on="_loc", right_on="_base", strategy="backward")
-        .sort("_row")
-    )
-    inside = pl.col("locate").is_not_null() & pl.col("_base").is_not_null() & (pl.col("_loc") <= pl.col("_last"))
+    if all(c in names for c in _REGION_COLUMNS):
+        inside = pl.col("region").is_not_null()
+    else:
+        regions = region_table(ctx.info).lazy()
+        a = (
+            a.with_columns(_row=pl.int_range(pl.len()), _loc=pl.col("locate").cast(pl.UInt64).fill_null(0))
+            .sort("_loc")
+            .join_asof(regions, left_on="_loc", right_on="_base", strategy="backward")
+            .sort("_row")
+        )
+        inside = pl.col("locate").is_not_null() & pl.col("_base").is_not_null() & (pl.col("_loc") <= pl.col("_last"))
     whole_ram = pl.col("cmo") == "ram.civac"
     cols: dict[str, pl.Expr] = {
         "seq": pl.col("seq"),
         "sub": ctx.sub(pl.col("j"), before=pl.col("before")),
         "agent": ctx.agent(pl.col("acting")),
-        "side": pl.col("acting").cast(pl.String).str.split(".").list.first(),
+        "side": _side_of(pl.col("acting"), given.get("acting"), schema.get("side")),
         "op": pl.lit("cmo"),
         "addr": pl.col("addr"),
         "size": pl.col("size"),
@@ -367,6 +377,17 @@ def inserted_events(anchors: Frame, ctx: MitigationContext, schema: Mapping[str,
         e = cols.get(c, pl.lit(None))
         exprs.append(e.cast(dtype).alias(c))
     return a.select(exprs)
+
+
+def _side_of(acting: pl.Expr, dtype: pl.DataType | None, side: pl.DataType | None) -> pl.Expr:
+    """The side of agents named ``SIDE.N``: read off a Categorical's categories, not row by row."""
+    if isinstance(dtype, (pl.Categorical, pl.Enum)):
+        out = pl.lit(None, dtype=side or pl.String)
+        for name in SIDES:
+            out = pl.when(acting.cat.starts_with(name + ".") | (acting == name)) \
+                .then(pl.lit(name, dtype=side or pl.String)).otherwise(out)
+        return out
+    return acting.cast(pl.String).str.split(".").list.first()
 
 
 def add_events(frame: Frame, *inserted: Frame) -> pl.LazyFrame:

@@ -122,8 +122,10 @@ def dma_cmo(frame: Frame, ctx: MitigationContext) -> pl.LazyFrame:
     is_read = _col("op") == "read"
     anchors = acc.select(
         "seq", j=pl.lit(0), before=is_read, acting=_col("agent"),
-        cmo=pl.when(is_read).then(pl.lit("dc.ivac")).otherwise(pl.lit("dc.cvac")),
+        cmo=pl.when(is_read).then(pl.lit("dc.ivac", dtype=schema["cmo"])).otherwise(pl.lit("dc.cvac", dtype=schema["cmo"])),
         addr=first_line(ls) * ls, size=(last_line(ls) - first_line(ls) + 1) * ls, locate=_col("addr"),
+        # the access's own region (inserted_events need not look it up)
+        region="region", region_kind="region_kind", shared="shared", host_cacheable="host_cacheable",
         *_ANCHOR_COLUMNS, sctlr=_col("sctlr"), mair=_col("mair"),
     )
     ins = inserted_events(anchors, ctx, schema, detail="guest-dma-cmo: DMA API maintenance of a shared buffer")
