@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -196,11 +196,14 @@ def analyze(
             while ready:
                 while pending and pending[0].done():
                     done(pending.popleft().result())
+                # room: fewer than _REPLAYS still running (one that finished behind a longer,
+                # older one has its findings kept until that one is done, but no longer counts);
                 # the first replay runs alone: it makes the layout (and the findings) the others reuse
-                if pending and (started == 1 or len(pending) >= _REPLAYS):
+                running = [f for f in pending if not f.done()]
+                if running and (started == 1 or len(running) >= _REPLAYS):
                     if not block:
                         return
-                    done(pending.popleft().result())
+                    wait(running, return_when=FIRST_COMPLETED)
                     continue
                 spec, mitigated, minfo = ready.popleft()
                 pending.append(pool.submit(replay, mitigated, minfo, spec))
