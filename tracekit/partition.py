@@ -320,10 +320,25 @@ def _read_arrow(path: Path) -> pl.DataFrame:
 
 
 def _part_frame(workdir: Path, p: int, glob: pl.DataFrame, last: pl.DataFrame) -> pl.DataFrame:
+    """A part's events with the global ones and the trace's last, in seq order, each once.
+
+    The part's file is in seq order (split_trace keeps the trace's order) and shares no
+    event with the global ones, except possibly the trace's last: the few global events
+    are merged in, not the whole part deduplicated and sorted (3.5 -> ~1 s a part of 5 M).
+    """
     path = workdir / f"part-{p:05d}.arrow"
-    own = conform(_read_arrow(path), TRACE_SCHEMA) if path.exists() else glob.clear()
-    return (pl.concat([own, glob, last], how="vertical_relaxed")
-            .unique("seq", keep="first", maintain_order=False).sort("seq"))
+    rest = pl.concat([glob, last], how="vertical_relaxed").unique("seq", keep="first", maintain_order=False)
+    if not path.exists():
+        return rest.sort("seq")
+    own = conform(_read_arrow(path), TRACE_SCHEMA)
+    if not own["seq"].is_sorted():  # a trace file not in seq order: as before
+        return pl.concat([own, rest.select(own.columns).cast(own.schema)], how="vertical_relaxed") \
+            .unique("seq", keep="first", maintain_order=False).sort("seq")
+    seq = own["seq"].to_numpy()
+    extra = rest["seq"].to_numpy()
+    at = np.minimum(np.searchsorted(seq, extra), max(len(seq) - 1, 0))
+    rest = rest.filter(pl.Series(~((len(seq) > 0) & (seq[at] == extra)))).sort("seq")
+    return own.merge_sorted(rest.select(own.columns).cast(own.schema), key="seq")
 
 
 def _owned(findings: pl.DataFrame, p: int, owners: Owners) -> pl.DataFrame:
