@@ -61,10 +61,6 @@ class Pieces:
     def take(self, order: np.ndarray) -> "Pieces":
         return Pieces(self.line[order], self.pos[order], self.attr[order])
 
-    def lo_hi(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = self.attr[rows]
-        return (a & np.uint64(0x1FFF)).astype(np.uint64), ((a >> np.uint64(13)) & np.uint64(0x1FFF)).astype(np.uint64)
-
 
 def _lookup_tables(stage2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """By Enum code (255: null): the row code of an operation, of a maintenance operation, the
@@ -243,29 +239,27 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
     """findings-v1 rows from the kernel's positions, sorted by (seq, line, kind, cause).
 
     The sort is numeric (positions follow (seq, sub); kind and cause codes are numbered
-    in their string order), then every column is one gather. ``with_pos``: also the
-    rows' event positions, as (frame, positions).
+    in their string order); the numbers come from one compiled pass in that order
+    (``_fast_kernel.finding_columns``), the event columns are one gather each.
+    ``with_pos``: also the rows' event positions, as (frame, positions).
     """
     source = events if isinstance(events, _Source) else _Source(events)
     if raw.shape[0] == 0:
         empty = conform(empty_findings(), FINDINGS_SCHEMA, compact=compact)
         return (empty, np.zeros(0, np.int64)) if with_pos else empty
+    from ._fast_kernel import finding_columns
+
     row = raw[:, 0]
     pos = pieces.pos[row]
-    line = pieces.line[row]
-    order = _findings_order(pos, line, raw[:, 1], raw[:, 2])
-    raw = raw[order]
-    row = row[order]
+    order = _findings_order(pos, pieces.line[row], raw[:, 1], raw[:, 2])
     pos = pos[order]
-    ls = np.uint64(info.line_size)
-    line = line[order] * ls
-    lo, hi = pieces.lo_hi(row)
-    size = hi - lo
+    rows = source.rows if source.rows is not None else np.zeros(0, np.int64)
+    at_row, other, fix_agent, fix_after, fix_before, line, addr, size, kind, cause = finding_columns(
+        raw, order, pieces.line, pieces.pos, pieces.attr, rows, info.line_size)
     ev = source.events.select("seq", "agent", "region", "phase", "src", "src_line", "src_offset")
-    at = ev[source.at(pos)]
+    at = ev[at_row]
     seq = ev["seq"]
     agent = ev["agent"]
-    other, fix_agent, fix_after, fix_before = (source.at(raw[:, c]) for c in (3, 6, 4, 5))
     # kinds, causes and fix operations: the compact schema's Enums straight from the kernel's
     # codes (mapped by name); conform makes strings of them only when asked for
     target = polars_schema(FINDINGS_SCHEMA, compact=True)
@@ -275,16 +269,16 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
         return enum_from_codes(lut[code], target[column])
     df = pl.DataFrame({
         "mitigation": pl.repeat(mitigation, len(pos), dtype=target["mitigation"], eager=True),
-        "kind": coded("kind", list(_KINDS), raw[:, 1]),
-        "cause": coded("cause", list(_CAUSES), raw[:, 2]),
+        "kind": coded("kind", list(_KINDS), kind),
+        "cause": coded("cause", list(_CAUSES), cause),
         "seq": at["seq"],
         "agent": at["agent"],
-        "addr": line + lo,
+        "addr": addr,
         "size": size,
         "line": line,
         "other_seq": seq.gather(other),
         "other_agent": agent.gather(other),
-        "fix_op": coded("fix_op", [_FIX_OPS[c] for c in _CAUSES], raw[:, 2]),
+        "fix_op": coded("fix_op", [_FIX_OPS[c] for c in _CAUSES], cause),
         "fix_agent": agent.gather(fix_agent),
         "fix_after_seq": seq.gather(fix_after),
         "fix_before_seq": seq.gather(fix_before),
