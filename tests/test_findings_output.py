@@ -73,9 +73,9 @@ def test_mitigations_are_applied_while_the_first_replay_runs_and_findings_stay_i
 
     def engine(frame, info, *, mitigation, **kw):
         if mitigation == "none":
-            time.sleep(0.5)  # a long first replay
+            time.sleep(1.5)  # a long first replay (the three applies take ~0.1 s here)
         elif mitigation == "mair-trap":
-            time.sleep(0.3)  # finishes after the next one
+            time.sleep(0.5)  # finishes after the next one
         found = fast(frame, info, mitigation=mitigation, **kw)
         finished.append(mitigation)
         if mitigation == "none":

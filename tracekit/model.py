@@ -256,6 +256,14 @@ class TraceInfo:
         )
 
 
+def seq_sub_key(seq, sub):
+    """(seq, sub) of numpy arrays as one uint64 per event that orders like the pair (seq below
+    2^32): an event's identity across frames of one trace, and a one-key sort by event order."""
+    import numpy as np
+
+    return (seq.astype(np.uint64, copy=False) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
+
+
 def side_of(agent: str) -> str:
     return agent.split(".", 1)[0]
 

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import UsageError
-from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect
+from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect, seq_sub_key
 from ..schema import FINDINGS_SCHEMA, conform, enum_from_codes, polars_schema
 
 # codes shared with _fast_kernel (kept here so importing this module does not import numba)
@@ -230,9 +230,6 @@ class _Source:
     def __init__(self, events: pl.DataFrame, rows: np.ndarray | None = None):
         self.events, self.rows = events, rows
 
-    def at(self, pos: np.ndarray) -> np.ndarray:
-        return pos if self.rows is None else self.rows[pos]
-
 
 def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Source", info: TraceInfo,
                    mitigation: str, compact: bool = False, *, with_pos: bool = False):
@@ -297,12 +294,6 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
 _REPLAY_COLUMNS = ("seq", "sub", "op", "cmo", "side", "region_kind", "path", "addr", "size", "host_cacheable")
 
 
-def _seq_sub_key(seq: np.ndarray, sub: np.ndarray) -> np.ndarray:
-    """(seq, sub) as one uint64 that orders like the pair (seq below 2^32): the identity of an
-    event across frames of one trace, and the replay's sort key."""
-    return (seq.astype(np.uint64, copy=False) << np.uint64(32)) | (sub.astype(np.int64) + (1 << 31)).astype(np.uint64)
-
-
 class _Ranks:
     """Where each row of a frame stands in (seq, sub) order, for a frame replayed in its own
     row order: the engine's positions are ranks, the frame is read by row."""
@@ -331,10 +322,11 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None, _R
     """
     if "sub" not in events.columns:
         events = events.with_columns(sub=pl.lit(0, dtype=pl.Int32))
-    if any(n > 1 for n in events.select(_REPLAY_COLUMNS).n_chunks("all")):
+    read = events.select(_REPLAY_COLUMNS)
+    if any(n > 1 for n in read.n_chunks("all")):
         # a frame in pieces (a mitigation appended its events): the replay reads its columns as
         # numpy arrays, several times each, and every read of a column in pieces copies it
-        events = events.select(_REPLAY_COLUMNS).rechunk()
+        events = read.rechunk()
     from ._fast_kernel import ordered, two_run_order
 
     seq = events["seq"].to_numpy()
@@ -345,7 +337,7 @@ def _in_order(events: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None, _R
     if len(rows):
         return events, rows, _Ranks(rows)
     if int(seq.max()) < 1 << 32:
-        rows = np.argsort(_seq_sub_key(seq, sub), kind="stable")
+        rows = np.argsort(seq_sub_key(seq, sub), kind="stable")
     else:
         rows = np.lexsort((sub, seq))  # stable too
     return events.select(_REPLAY_COLUMNS)[rows], rows, None
@@ -386,7 +378,7 @@ class _Baseline:
         self.findings, self.globals, self.speculation, self.compact = findings, globals_, speculation, compact
         self.token = token  # the caller's same_trace: the layout's key does not cover agents, sources...
         seq = findings["seq"].to_numpy()
-        self.key = _seq_sub_key(seq, np.zeros(len(seq), np.int32))
+        self.key = seq_sub_key(seq, np.zeros(len(seq), np.int32))
         self.line = findings["line"].to_numpy()
         self.kc = _kind_cause_rank(findings)
 
@@ -574,7 +566,7 @@ class _SeqSub:
 
     def __getitem__(self, pos: np.ndarray) -> np.ndarray:
         rows = pos if self.ranks is None else self.ranks.rows[pos]
-        return _seq_sub_key(self.seq[rows], self.sub[rows])
+        return seq_sub_key(self.seq[rows], self.sub[rows])
 
 
 def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout, globals_: tuple,

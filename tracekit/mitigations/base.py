@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import TracekitError, UnknownMitigationError
-from ..model import SIDES, TraceInfo
+from ..model import SIDES, TraceInfo, seq_sub_key
 
 Frame = pl.LazyFrame | pl.DataFrame
 
@@ -452,9 +452,7 @@ _FEW_INSERTED = 64
 
 def _packed(frame: pl.DataFrame) -> np.ndarray:
     """(seq, sub) as one sortable uint64 per row (seq below 2^32)."""
-    seq = frame["seq"].to_numpy().astype(np.uint64)
-    sub = frame["sub"].to_numpy().astype(np.int64) + (1 << 31)
-    return (seq << np.uint64(32)) | sub.astype(np.uint64)
+    return seq_sub_key(frame["seq"].to_numpy(), frame["sub"].to_numpy())
 
 
 def finalize(frame: Frame, info: TraceInfo) -> pl.DataFrame:
