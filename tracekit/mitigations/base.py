@@ -510,6 +510,15 @@ def _lines_touched(frame: Frame, line_size: int) -> int:
     return int(n or 0)
 
 
+def _recorded_rows(frame: pl.DataFrame) -> pl.DataFrame:
+    """The rows with sub == 0; a slice (no copy) when they come first, as in a frame that
+    inserted nothing or appended what it inserted (``apply_mitigation(..., ordered=False)``)."""
+    recorded_count = int((frame["sub"] == 0).sum())
+    if frame.height == recorded_count or not (frame["sub"].head(recorded_count) != 0).any():
+        return frame.head(recorded_count)
+    return frame.filter(pl.col("sub") == 0)
+
+
 def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
                     traps: Mapping[str, int] | None = None) -> MitigationCost:
     """Cost of turning ``before`` into ``after`` (docs/mitigations.md, "Cost").
@@ -528,7 +537,7 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
         # the usual case, `before` is the recorded trace: what `after` inserted is what has sub != 0,
         # and the recorded rows it kept are still in seq order (no join over the whole trace)
         ins = after_df.select("sub", "op", "cmo", "addr", "size").filter(pl.col("sub") != 0).drop("sub")
-        kept = after_df.select("seq", "sub", "op", "cmo", "mem_type").filter(pl.col("sub") == 0)
+        kept = _recorded_rows(after_df.select("seq", "sub", "op", "cmo", "mem_type"))
         removed = before_df.height - kept.height
         typed = is_typed_access()
         if removed == 0:
