@@ -102,3 +102,24 @@ def test_mitigations_are_applied_while_the_first_replay_runs_and_findings_stay_i
     assert got.findings["mitigation"].unique(maintain_order=True).to_list() == \
         [s for s in specs if s in set(want.findings["mitigation"])]
     assert_frame_equal(pl.read_parquet(tmp_path / "f.parquet"), want.findings)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path, engine):
+    """keep_findings=False: each mitigation's findings go to the file and are let go (one
+    mitigation at a time); the Analysis is read back from the file: the same findings, costs
+    and metadata as a run that kept them, and the transformed frames when asked for."""
+    from tracekit.errors import UsageError
+
+    specs = ["none", "mair-trap", "guest-dma-cmo", "kvm-fault-clean"]
+    kept = analyze(trace, specs, engine=engine, output=tmp_path / "k.parquet")
+    let_go = analyze(trace, specs, engine=engine, output=tmp_path / "g.parquet", keep_findings=False,
+                     keep_transformed=True)
+    assert let_go.compact_findings.height > 0
+    assert_frame_equal(let_go.compact_findings, kept.compact_findings)
+    assert {s: c.to_dict() for s, c in let_go.costs.items()} == {s: c.to_dict() for s, c in kept.costs.items()}
+    assert read_metadata(tmp_path / "g.parquet") == read_metadata(tmp_path / "k.parquet")
+    assert list(let_go.transformed) == specs and let_go.transformed["guest-dma-cmo"].height > kept.events.height
+    assert let_go.summary() == kept.summary()
+    with pytest.raises(UsageError, match="output"):
+        analyze(trace, specs, keep_findings=False)

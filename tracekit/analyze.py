@@ -104,7 +104,10 @@ def _load_trace(trace: Any, *, quiet: bool):
 
     if isinstance(trace, Trace):
         return trace
-    return load(trace, compact=True) if not isinstance(trace, (list, tuple)) else load(list(trace), compact=True)
+    from .resolve import warm_up
+
+    with warm_up():  # numba loads its compiled code while the trace is read, as the CLI does
+        return load(trace, compact=True) if not isinstance(trace, (list, tuple)) else load(list(trace), compact=True)
 
 
 def expand_mitigations(specs: Iterable[str]) -> list[str]:
@@ -125,6 +128,7 @@ def analyze(
     keep_transformed: bool = False,
     output: str | os.PathLike[str] | None = None,
     force: bool = False,
+    keep_findings: bool = True,
 ) -> Analysis:
     """Replay ``trace`` (a Trace, a trace Parquet file, or any input `ingest` accepts).
 
@@ -144,6 +148,11 @@ def analyze(
         Also write the findings there (as ``Analysis.write`` would), each mitigation's as
         soon as it is replayed, while the next one is: the file appears, complete, at the
         end (``force``: replace an existing one).
+    keep_findings
+        False (needs ``output``): each mitigation's findings go to the file and are not held
+        beside the trace; once the trace is let go, the Analysis is read back from the file.
+        The peak is then one mitigation's, not the whole catalog's findings on top of the
+        trace (the CLI does this when a trace fits its memory budget but that would not).
     """
     from .mitigations import apply_mitigation
 
@@ -155,6 +164,8 @@ def analyze(
     if line_size is not None and (line_size < 4 or line_size & (line_size - 1) or line_size > 4096):
         raise UsageError(f"--line-size: expected a power of two between 4 and 4096, found {line_size}")
     specs = expand_mitigations(mitigations)
+    if not keep_findings and output is None:
+        raise UsageError("keep_findings=False: expected an output file to write the findings to, found none")
     if output is not None:
         check_output(output, force=force)  # before any work
     tr = _load_trace(trace, quiet=quiet)
@@ -182,7 +193,8 @@ def analyze(
         written: list = []
 
         def done(found: pl.DataFrame) -> None:
-            frames.append(found)
+            if keep_findings:
+                frames.append(found)
             if writer is not None:
                 written.append(writing.submit(writer.write, found))
 
@@ -211,7 +223,7 @@ def analyze(
 
         # the fast engine replays a frame with its inserted events appended (cheaper than merging them)
         ordered = engine != "fast" or keep_transformed
-        concurrent = engine == "fast" and len(specs) > 1
+        concurrent = engine == "fast" and len(specs) > 1 and keep_findings
         for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
             costs[spec] = cost
@@ -234,6 +246,15 @@ def analyze(
             for w in written:
                 w.result()  # a failed write raises here (and the with block removes the file)
             writer.finish(info, {k: v for k, v in meta.items() if k not in _INFO_KEYS})
+    if not keep_findings:
+        del trace, tr, resolved, findings  # the caller may hold none of them: the read-back's room
+        if engine == "fast":
+            from .engine.fast import clear_cache
+
+            clear_cache()  # the layout kept for another mitigation of this trace
+        read = load_analysis(output)
+        read.transformed = transformed
+        return read
     return Analysis(findings, costs, meta, info, resolved, transformed)
 
 

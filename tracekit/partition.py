@@ -48,13 +48,18 @@ from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, wri
 #: sized with it; 100 M events at --memory-budget 1G peaked at 1.29 GB, benchmarks/README.md).
 BYTES_PER_EVENT = 700
 #: A whole trace in memory, per event: the baseline alone (`none` replays the resolved
-#: frame as it is), or with mitigations that copy and extend it (measured on 10 M
-#: `mixed` events: `none` peaked at 3.0 GB, guest-boot-inval alone at 6.4 GB,
-#: kvm-fault-clean with guest-boot-inval at 7.7 GB, the catalog of 10 at 7.4 GB), plus
-#: per event and mitigation (each mitigation's findings are kept for the comparison).
-WHOLE_BYTES_PER_EVENT_NONE = 320
-WHOLE_BYTES_PER_EVENT = 700
-WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 60
+#: frame as it is), with the heaviest single mitigation, and per mitigation beyond the
+#: first (its findings are kept for the comparison; two replay at once). Fitted to the
+#: peak RSS of `tracekit analyze -o F` on `mixed` traces (2026-12-06, 2e84119;
+#: tests/test_partition.py has the table): 10 M events: none 2.71 GiB,
+#: kvm-fault-clean+guest-boot-inval 4.65, the catalog 6.85; 1 M: the catalog 1.18. The
+#: estimate is 1.1-1.25x the heavy runs' peaks and up to 1.6x a light mitigation's (it
+#: was 1.5-1.9x, and partitioned the catalog of 10 M events even with a 12 GB budget).
+WHOLE_BYTES_PER_EVENT_NONE = 280
+WHOLE_BYTES_PER_EVENT = 500
+WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 40
+#: ... and what the process needs besides (interpreter, polars, numba, imports).
+WHOLE_BASE_BYTES = 500 << 20
 #: What the process needs besides the parts (interpreter, polars, numba, the global events).
 BASE_BYTES = 350 << 20
 PAGE_SHIFT = 12  # parts own whole 4 KiB pages
@@ -82,27 +87,53 @@ def parse_size(text: str) -> int:
         raise UsageError(f"--memory-budget: expected a size like 1G or 512M, found {text!r}") from None
 
 
-def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",)) -> int:
-    """Peak memory of analysing ``events`` whole under ``mitigations`` (specs, or how many)."""
+def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",), *,
+                    findings_kept: bool = True) -> int:
+    """Peak memory of analysing ``events`` whole under ``mitigations`` (specs, or how many).
+
+    ``findings_kept=False``: one mitigation at a time, each one's findings written and let
+    go (``analyze(..., keep_findings=False)``): at most two mitigations' findings are held
+    (10 M events, the catalog: 5.09 GiB measured instead of 6.85).
+    """
     if isinstance(mitigations, int):
         count, only_none = max(1, mitigations), False
     else:
         count, only_none = max(1, len(mitigations)), all(m == "none" for m in mitigations)
+    if not findings_kept:
+        count = min(count, 2)
     per_event = WHOLE_BYTES_PER_EVENT_NONE if only_none else WHOLE_BYTES_PER_EVENT
-    return BASE_BYTES + events * (per_event + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * count)
+    return WHOLE_BASE_BYTES + events * (per_event + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * (count - 1))
 
 
-def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int,
-                     mitigations: int | Sequence[str] = ("none",)) -> bool:
-    """Whether analysing the trace whole under ``mitigations`` would need more than ``budget_bytes``.
+#: How `tracekit analyze` runs a trace Parquet (``memory_plan``), lightest on time first.
+PLANS = ("whole", "findings-on-disk", "partitioned")
 
-    A path that is not a readable Parquet file is not partitioned: loading it reports what is wrong.
+
+def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
+                mitigations: int | Sequence[str] = ("none",)) -> str:
+    """How to analyse the trace under ``mitigations`` within ``budget_bytes`` (one of ``PLANS``).
+
+    ``whole``: in memory, the mitigations replayed two at a time and every finding kept.
+    ``findings-on-disk``: in memory, one mitigation at a time, its findings written and let
+    go, read back at the end (the catalog of 10 M events: ~47 s with the summary where
+    partitioning took ~73 s). ``partitioned``: part by part (``replay_partitioned``).
+    A path that is not a readable Parquet file is ``whole``: loading it reports what is wrong.
     """
     try:
         rows = pq.ParquetFile(trace_path).metadata.num_rows
     except (OSError, pa.ArrowException):
-        return False
-    return estimated_bytes(rows, mitigations) > budget_bytes
+        return "whole"
+    if estimated_bytes(rows, mitigations) <= budget_bytes:
+        return "whole"
+    if estimated_bytes(rows, mitigations, findings_kept=False) <= budget_bytes:
+        return "findings-on-disk"
+    return "partitioned"
+
+
+def should_partition(trace_path: str | os.PathLike[str], budget_bytes: int,
+                     mitigations: int | Sequence[str] = ("none",)) -> bool:
+    """Whether the trace is too big to analyse in memory within ``budget_bytes`` (``memory_plan``)."""
+    return memory_plan(trace_path, budget_bytes, mitigations) == "partitioned"
 
 
 def part_count(events: int, budget_bytes: int) -> int:

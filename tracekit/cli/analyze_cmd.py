@@ -51,18 +51,20 @@ def analyze(
     for out in (output, emit_trace, report):
         if out is not None:
             check_output(out, force=force)
-    from ..partition import default_budget, parse_size, should_partition
+    from ..partition import default_budget, memory_plan, parse_size
 
     budget = parse_size(memory_budget) if memory_budget else default_budget()
     single = inputs[0] if len(inputs) == 1 else None
-    if (single is not None and single.suffix == ".parquet" and emit_trace is None
-            and should_partition(single, budget, expand_mitigations(mitigation))):
-        # the findings are read back only for what needs them: a budgeted run that only writes
-        # its findings file stays within the budget (tens of millions of findings otherwise)
-        needed = report is not None or not quiet or bool(kinds)
+    plan = "whole"
+    if single is not None and single.suffix == ".parquet" and emit_trace is None:
+        plan = memory_plan(single, budget, expand_mitigations(mitigation))
+    # the findings are read back only for what needs them: a budgeted run that only writes
+    # its findings file stays within the budget (tens of millions of findings otherwise)
+    needed = report is not None or not quiet or bool(kinds) or output is None
+    if plan == "partitioned":
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet,
-                                      read_back=needed or output is None)
+                                      read_back=needed)
         if result is None:
             return
     else:
@@ -71,8 +73,18 @@ def analyze(
         with warm_up():  # numba loads its compiled code while the trace is read
             trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
                          concat=concat, compact=True)
-        result = run(trace, mitigation, engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
-                     keep_transformed=emit_trace is not None, output=output, force=force)
+        kw = dict(engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
+                  keep_transformed=emit_trace is not None, force=force)
+        if plan == "findings-on-disk":
+            # the trace fits, the catalog's findings beside it would not: each mitigation's go to
+            # the file as it is replayed, and come back once the trace is let go (analyze holds
+            # the only reference)
+            held = [trace]
+            del trace
+            result = _with_findings_file(output, lambda dest: run(held.pop(), mitigation, output=dest,
+                                                                  keep_findings=False, **kw))
+        else:
+            result = run(trace, mitigation, output=output, **kw)
     if emit_trace is not None:
         write_transformed(result, emit_trace, force=force)
     if report is not None:
@@ -92,15 +104,23 @@ def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[
 
     The Analysis read back from the findings file, or None without ``read_back``.
     """
-    import tempfile
-
     from ..analyze import load_analysis
     from ..partition import replay_partitioned
 
-    with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
-        dest = output if output is not None else Path(tmp) / "findings.parquet"
+    def replay(dest: Path):
         replay_partitioned(trace, dest, mitigations, budget_bytes=budget, **kw)
         return load_analysis(dest) if read_back else None
+    return _with_findings_file(output, replay)
+
+
+def _with_findings_file(output: Optional[Path], run):
+    """``run(dest)`` with ``output`` as ``dest``, or a temporary file when there is none."""
+    import tempfile
+
+    if output is not None:
+        return run(output)
+    with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
+        return run(Path(tmp) / "findings.parquet")
 
 
 def _format_of(path: Path) -> str:
