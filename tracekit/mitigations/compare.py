@@ -71,10 +71,18 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     ``mitigations`` gives the row order and the mitigations with no findings
     (which a findings frame cannot show); by default those present, in order.
     """
-    order = list(mitigations) if mitigations is not None else list(dict.fromkeys(findings["mitigation"].to_list()))
-    pairs = sorted({(k, c) for k, c in findings.select("kind", "cause").unique().iter_rows()}, key=_order)
-    counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len()).with_columns(
-        pl.col("mitigation", "kind", "cause").cast(pl.String))  # Categorical/Enum in a compact frame
+    order = list(mitigations) if mitigations is not None else \
+        findings["mitigation"].cast(pl.String).unique(maintain_order=True).to_list()
+    spans = _spans(findings)
+    if spans is not None:  # each mitigation's rows in one run (as analyze writes them): counted run by run
+        counts = pl.concat([findings.slice(*at).group_by("kind", "cause").agg(count=pl.len())
+                            .select(pl.lit(m, dtype=pl.String).alias("mitigation"), "kind", "cause", "count")
+                            for m, at in spans.items()] or [findings.group_by("mitigation", "kind", "cause")
+                                                             .agg(count=pl.len())], how="vertical_relaxed")
+    else:
+        counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len())
+    counts = counts.with_columns(pl.col("mitigation", "kind", "cause").cast(pl.String))  # Enums in a compact frame
+    pairs = sorted(set(zip(counts["kind"].to_list(), counts["cause"].to_list())), key=_order)
     grid = pl.DataFrame(
         [(m, k, c) for m in order for k, c in pairs],
         schema={"mitigation": pl.String, "kind": pl.String, "cause": pl.String}, orient="row",
@@ -92,15 +100,69 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     fixed: dict[str, pl.DataFrame] = {}
     introduced: dict[str, pl.DataFrame] = {}
     key = list(MATCH_KEY)
-    has_base = baseline in order or baseline in set(findings["mitigation"].to_list())
+    has_base = baseline in order or bool((findings["mitigation"] == baseline).any())
     if has_base:
-        base = findings.filter(pl.col("mitigation") == baseline)
-        base_keys = base.select(key)
+        def of(m: str) -> pl.DataFrame:
+            return findings.slice(*spans[m]) if spans is not None and m in spans else \
+                findings.filter(pl.col("mitigation") == m)
+        base = of(baseline)
+        base_keys = _Keys.of(base)
         for m in order:
             if m == baseline:
                 continue
-            mine = findings.filter(pl.col("mitigation") == m)
+            mine = of(m)
+            mine_keys = _Keys.of(mine)
+            if base_keys is not None and mine_keys is not None:
+                # both in key order (as analyze writes them): one merge each way, rows stay in order
+                fixed[m] = _strings(base.filter(base_keys.unmatched(mine_keys)))
+                introduced[m] = _strings(mine.filter(mine_keys.unmatched(base_keys)))
+                continue
             # an anti join ignores repeats on its right side: no unique() of millions of keys
             fixed[m] = _strings(base.join(mine.select(key), on=key, how="anti").sort(key))
-            introduced[m] = _strings(mine.join(base_keys, on=key, how="anti").sort(key))
+            introduced[m] = _strings(mine.join(base.select(key), on=key, how="anti").sort(key))
     return Comparison(order, baseline if has_base else None, long, wide, fixed, introduced)
+
+
+def _spans(findings: pl.DataFrame) -> dict[str, tuple[int, int]] | None:
+    """Each mitigation's (offset, rows) when its rows are one run, as analyze writes them;
+    None when some mitigation's rows are apart (then they are filtered)."""
+    runs = findings.select(pl.col("mitigation").rle()).unnest("mitigation")
+    names = runs["value"].cast(pl.String).to_list()
+    if len(set(names)) != len(names):
+        return None
+    lengths = runs["len"].to_list()
+    offsets = [0]
+    for n in lengths[:-1]:
+        offsets.append(offsets[-1] + n)
+    return {m: (o, n) for m, o, n in zip(names, offsets, lengths)}
+
+
+class _Keys:
+    """One mitigation's match keys as arrays, known to be in key order (kind and cause ranked
+    as their strings sort, as ``sort`` orders the Enums and the strings alike)."""
+
+    __slots__ = ("seq", "line", "kc")
+
+    def __init__(self, seq, line, kc):
+        self.seq, self.line, self.kc = seq, line, kc
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame) -> "_Keys | None":
+        """The keys, or None when the rows are not in key order (or a key is null)."""
+        from ..engine.fast import _kind_cause_rank
+        from ._match_kernel import in_key_order
+
+        k = frame.select("seq", "line", "kind", "cause")
+        if any(k[c].null_count() for c in k.columns):
+            return None
+        try:
+            kc = _kind_cause_rank(k)
+        except pl.exceptions.PolarsError:  # a kind or cause the engine does not name: the joins match them
+            return None
+        keys = cls(k["seq"].cast(pl.UInt64).to_numpy(), k["line"].cast(pl.UInt64).to_numpy(), kc)
+        return keys if in_key_order(keys.seq, keys.line, keys.kc) else None
+
+    def unmatched(self, other: "_Keys") -> pl.Series:
+        from ._match_kernel import unmatched
+
+        return pl.Series(unmatched(self.seq, self.line, self.kc, other.seq, other.line, other.kc))
