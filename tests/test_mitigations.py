@@ -14,6 +14,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -609,3 +610,23 @@ def test_mitigated_frames_keep_passed_through_columns_in_one_piece():
         inserted = int((frame["sub"] != 0).sum())
         # appended inserted events make a second piece (ordered=False); nothing else may
         assert max(pieces.values()) <= (2 if inserted else 1), (spec, pieces)
+
+
+def test_a_loaded_trace_and_its_resolved_frame_share_the_events_columns(tmp_path):
+    """`load` puts each column in one piece, so `resolve` adds its columns without copying the
+    trace's: an analysis holding both (the Trace and the resolved frame) holds the events once
+    (0.7 GB less at 10 M events). polars reads a Parquet file in one piece per row group."""
+    from tracekit.synth import synth
+    from tracekit.trace import load
+
+    from tracekit import trace as trace_module
+
+    path = synth(300_000, tmp_path / "t.parquet", seed=3)
+    assert max(trace_module._read_compact(path).n_chunks("all")) > 1  # as polars reads it
+    tr = load(path, compact=True)
+    assert max(tr.events.n_chunks("all")) == 1
+    resolved = resolve(tr.events, tr.info)
+    for column in ("seq", "time"):  # numeric, no nulls: numpy views of the very buffers
+        mine = tr.events[column].to_numpy(allow_copy=False)
+        theirs = resolved[column].to_numpy(allow_copy=False)
+        assert np.shares_memory(mine, theirs), column

@@ -77,13 +77,26 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
         with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps the read
             digest = pool.submit(file_sha256, p)
             events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
-            return Trace(events, info, str(p), digest.result())
+            return Trace(_one_piece(events), info, str(p), digest.result())
     events, info = ingest_frame(paths, format=format, concat=concat, options=options)
+    events = _one_piece(events)
     if len(info.inputs) == 1:
         digest = info.inputs[0].sha256
     else:
         digest = hashlib.sha256("".join(i.sha256 for i in info.inputs).encode()).hexdigest()
     return Trace(events, info, ", ".join(str(p) for p in paths), digest)
+
+
+def _one_piece(events: pl.DataFrame) -> pl.DataFrame:
+    """The events with each column in one piece.
+
+    polars reads a Parquet file in pieces (one per row group or morsel: 95 for 10 M
+    events); `resolve` joins its columns to the read ones, which puts them in one piece,
+    a copy. Copied here instead (the same copy, moved), the resolved frame shares the
+    trace's columns, and an analysis that holds both (the Trace and its resolved frame)
+    holds the events once: 0.7 GB less for 10 M events.
+    """
+    return events.rechunk()
 
 
 def _read_compact(path: PathLike) -> pl.DataFrame:
