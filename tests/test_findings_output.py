@@ -123,3 +123,47 @@ def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path,
     assert let_go.summary() == kept.summary()
     with pytest.raises(UsageError, match="output"):
         analyze(trace, specs, keep_findings=False)
+
+
+def test_findings_on_disk_replay_one_mitigation_at_a_time_with_the_next_applied_meanwhile(trace, tmp_path,
+                                                                                         monkeypatch):
+    """keep_findings=False is for short memory: never two replays at once, and at most one
+    mitigation applied ahead of the replay that runs (the frames it builds are what memory holds)."""
+    import importlib
+    import threading
+    import time
+
+    analyze_mod = importlib.import_module("tracekit.analyze")
+    fast = analyze_mod.get_engine("fast")
+    lock = threading.Lock()
+    state = {"active": 0, "most_active": 0, "started": 0, "applied": 0, "most_ahead": 0}
+
+    def engine(frame, info, *, mitigation, **kw):
+        with lock:
+            state["active"] += 1
+            state["started"] += 1
+            state["most_active"] = max(state["most_active"], state["active"])
+        time.sleep(0.3)  # long enough for the next apply to happen meanwhile
+        try:
+            return fast(frame, info, mitigation=mitigation, **kw)
+        finally:
+            with lock:
+                state["active"] -= 1
+
+    real_apply = importlib.import_module("tracekit.mitigations").apply_mitigation
+
+    def apply(resolved, spec, info, **kw):
+        out = real_apply(resolved, spec, info, **kw)
+        with lock:
+            state["applied"] += 1
+            state["most_ahead"] = max(state["most_ahead"], state["applied"] - state["started"])
+        return out
+
+    monkeypatch.setattr(analyze_mod, "get_engine", lambda name: engine)
+    monkeypatch.setattr("tracekit.mitigations.apply_mitigation", apply)
+    specs = ["none", "mair-trap", "guest-boot-inval", "coherent-device", "s2fwb"]
+    got = analyze(trace, specs, output=tmp_path / "f.parquet", keep_findings=False)
+    assert state["started"] == len(specs) and state["most_active"] == 1
+    assert state["most_ahead"] == analyze_mod._AHEAD_ON_DISK == 1
+    monkeypatch.undo()
+    assert_frame_equal(got.compact_findings, analyze(trace, specs).compact_findings)

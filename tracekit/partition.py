@@ -49,17 +49,21 @@ from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, wri
 BYTES_PER_EVENT = 700
 #: A whole trace in memory, per event: the baseline alone (`none` replays the resolved
 #: frame as it is), with the heaviest single mitigation, and per mitigation beyond the
-#: first (its findings are kept for the comparison; two replay at once). Fitted to the
-#: peak RSS of `tracekit analyze -o F` on `mixed` traces (2026-12-06, 2e84119;
-#: tests/test_partition.py has the table): 10 M events: none 2.71 GiB,
-#: kvm-fault-clean+guest-boot-inval 4.65, the catalog 6.85; 1 M: the catalog 1.18. The
-#: estimate is 1.1-1.25x the heavy runs' peaks and up to 1.6x a light mitigation's (it
-#: was 1.5-1.9x, and partitioned the catalog of 10 M events even with a 12 GB budget).
-WHOLE_BYTES_PER_EVENT_NONE = 280
-WHOLE_BYTES_PER_EVENT = 500
-WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 40
-#: ... and what the process needs besides (interpreter, polars, numba, imports).
-WHOLE_BASE_BYTES = 500 << 20
+#: first (its findings are kept for the comparison; two replay at once); plus what the
+#: process needs besides (interpreter, polars, numba). Fitted to the peak RSS of
+#: `tracekit analyze -o F` on `mixed` traces (2026-12-06; tests/test_partition.py has the
+#: table): 10 M events: none 2.28 GiB, kvm-fault-clean+guest-boot-inval 3.83, the catalog
+#: 6.22; 1 M: the catalog 1.05. The estimate is 1.1-1.2x the heavy runs' peaks and up to
+#: 1.8x the lightest's (mair-trap); it was 1.5-1.9x, and partitioned the catalog of 10 M
+#: events even with a 12 GB budget.
+WHOLE_BYTES_PER_EVENT_NONE = 220
+WHOLE_BYTES_PER_EVENT = 400
+WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 30
+WHOLE_BASE_BYTES = 550 << 20
+#: With the findings on disk (one replay at a time), per event beyond one mitigation's run:
+#: the next mitigation applied meanwhile, the last one's findings on their way to the file
+#: (10 M events, the catalog: 4.62-4.74 GiB).
+ON_DISK_BYTES_PER_EVENT = 120
 #: What the process needs besides the parts (interpreter, polars, numba, the global events).
 BASE_BYTES = 350 << 20
 PAGE_SHIFT = 12  # parts own whole 4 KiB pages
@@ -91,17 +95,16 @@ def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",), *
                     findings_kept: bool = True) -> int:
     """Peak memory of analysing ``events`` whole under ``mitigations`` (specs, or how many).
 
-    ``findings_kept=False``: one mitigation at a time, each one's findings written and let
-    go (``analyze(..., keep_findings=False)``): at most two mitigations' findings are held
-    (10 M events, the catalog: 5.09 GiB measured instead of 6.85).
+    ``findings_kept=False``: one mitigation replayed at a time (the next one applied
+    meanwhile), each one's findings written and let go (``analyze(..., keep_findings=False)``).
     """
     if isinstance(mitigations, int):
         count, only_none = max(1, mitigations), False
     else:
         count, only_none = max(1, len(mitigations)), all(m == "none" for m in mitigations)
-    if not findings_kept:
-        count = min(count, 2)
     per_event = WHOLE_BYTES_PER_EVENT_NONE if only_none else WHOLE_BYTES_PER_EVENT
+    if count > 1 and not findings_kept:
+        return WHOLE_BASE_BYTES + events * (per_event + ON_DISK_BYTES_PER_EVENT)
     return WHOLE_BASE_BYTES + events * (per_event + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * (count - 1))
 
 
