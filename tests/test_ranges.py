@@ -158,3 +158,32 @@ def test_matches_the_rule_written_as_a_loop(items):
                  for r in out.iter_rows(named=True))
     assert got == naive_ranges(rows, 64)
     assert out["findings"].sum() == len(rows)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.sampled_from(["none", "m2"]), st.integers(0, 1),
+                          st.sampled_from(["stale-read", "lost-write", "stale-ifetch"]), st.integers(0, 6),
+                          st.one_of(st.none(), st.integers(0, 6)), st.sampled_from(["guest.0", None])),
+                min_size=1, max_size=40))
+def test_each_range_lists_its_findings_kinds_and_events_as_the_loop_does(items):
+    """Rule: a range's findings count, kinds (stale-read, lost-write, stale-ifetch order), seqs
+    and other_seqs (ascending, distinct, nulls dropped) are those of the findings on its lines."""
+    rows = []
+    for line, m, a, kind, seq, other, fix_agent in items:
+        r = finding(0x8000 + 64 * line, mitigation=m, after=a, before=a + 9, kind=kind, seq=seq, fix_agent=fix_agent)
+        r["other_seq"] = other
+        rows.append(r)
+    out = ranges(frame(rows), 64)
+    got = {(g["mitigation"], g["start"], g["end"], g["fix_after_seq"], g["fix_agent"]):
+           (g["findings"], g["kinds"], g["seqs"], g["other_seqs"]) for g in out.iter_rows(named=True)}
+    want: dict[tuple, list] = {}  # the range key here: the other key columns are the same in every row
+    for r in rows:
+        want.setdefault((r["mitigation"], r["fix_after_seq"], r["fix_agent"]), []).append(r)
+    for (m, start, end, after, agent), (n, kinds, seqs, others) in got.items():
+        mine = [r for r in want[(m, after, agent)] if start <= r["line"] < end]
+        assert n == len(mine)
+        order = ["stale-read", "lost-write", "stale-ifetch"]
+        assert kinds == sorted({r["kind"] for r in mine}, key=order.index)
+        assert seqs == sorted({r["seq"] for r in mine})
+        assert others == sorted({r["other_seq"] for r in mine if r["other_seq"] is not None})
+    assert sum(n for n, *_ in got.values()) == len(rows)
