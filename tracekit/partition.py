@@ -118,8 +118,8 @@ def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
 
     ``whole``: in memory, the mitigations replayed two at a time and every finding kept.
     ``findings-on-disk``: in memory, one mitigation at a time, its findings written and let
-    go, read back at the end (the catalog of 10 M events: ~47 s with the summary where
-    partitioning took ~73 s). ``partitioned``: part by part (``replay_partitioned``).
+    go, read back at the end (the catalog of 10 M events: 35-41 s with the summary where
+    partitioning took 78-89 s). ``partitioned``: part by part (``replay_partitioned``).
     A path that is not a readable Parquet file is ``whole``: loading it reports what is wrong.
     """
     try:

@@ -101,11 +101,11 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
     # Rows sorted so that a range's findings are adjacent and its lines ascending; nulls
     # (fix_agent, region) sort together, so null-safe comparisons below group them. A new
     # range starts where the key changes or the line steps by more than one line (several
-    # findings on one line with the same key need one maintenance).
-    # the labels are sorted and compared as integer codes (only their equality matters here;
-    # the ranges are put in order by their names at the end): sorting strings was most of the time
-    codes = {c: f"_code_{c}" for c in key if findings.schema[c] in (pl.String, pl.Categorical)
-             or isinstance(findings.schema[c], (pl.Categorical, pl.Enum))}
+    # findings on one line with the same key need one maintenance). The labels are sorted and
+    # compared as integer codes: only their equality matters here (the ranges are put in
+    # order by name at the end), and sorting strings was most of the time.
+    codes = {c: f"_code_{c}" for c in key
+             if findings.schema[c] == pl.String or isinstance(findings.schema[c], (pl.Categorical, pl.Enum))}
     by = [codes.get(c, c) for c in key]
     prev_differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in by])
     step = pl.col("line") - pl.col("line").shift(1)

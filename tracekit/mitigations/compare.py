@@ -74,11 +74,10 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     order = list(mitigations) if mitigations is not None else \
         findings["mitigation"].cast(pl.String).unique(maintain_order=True).to_list()
     spans = _spans(findings)
-    if spans is not None:  # each mitigation's rows in one run (as analyze writes them): counted run by run
+    if spans:  # each mitigation's rows in one run (as analyze writes them): counted run by run
         counts = pl.concat([findings.slice(*at).group_by("kind", "cause").agg(count=pl.len())
                             .select(pl.lit(m, dtype=pl.String).alias("mitigation"), "kind", "cause", "count")
-                            for m, at in spans.items()] or [findings.group_by("mitigation", "kind", "cause")
-                                                             .agg(count=pl.len())], how="vertical_relaxed")
+                            for m, at in spans.items()], how="vertical_relaxed")
     else:
         counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len())
     counts = counts.with_columns(pl.col("mitigation", "kind", "cause").cast(pl.String))  # Enums in a compact frame
@@ -103,7 +102,7 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
     has_base = baseline in order or bool((findings["mitigation"] == baseline).any())
     if has_base:
         def of(m: str) -> pl.DataFrame:
-            return findings.slice(*spans[m]) if spans is not None and m in spans else \
+            return findings.slice(*spans[m]) if spans and m in spans else \
                 findings.filter(pl.col("mitigation") == m)
         base = of(baseline)
         base_keys = _Keys.of(base)
