@@ -285,6 +285,28 @@ def test_lines_too_far_apart_to_pack_in_one_sort_key():
     assert f.select("seq", "line").rows() == [(2, 0), (3, 0xFFFFFFFFFFFFFFC0)]
 
 
+def test_findings_past_the_first_output_block_grow_it_between_lines():
+    """The kernel's output starts at 1,024 rows (a sixteenth of the pieces, at least that) and grows
+    between two lines, by the next line's bound. Here 600 lines each hold a C write and two N reads
+    of it (H1 twice per line): 1,200 findings from 1,800 pieces, so the block fills mid-trace."""
+    body = "".join(f"guest write {0x40000000 + 64 * k:#x} 8 idx=0\n"
+                   f"guest read {0x40000000 + 64 * k:#x} 8 idx=1\n"
+                   f"guest read {0x40000000 + 64 * k + 4:#x} 4 idx=1\n" for k in range(600))
+    f = run(MMU_ON + body)
+    assert f.height == 1200
+    assert f.group_by("line").len()["len"].to_list() == [2] * 600
+    assert set(f.select("kind", "cause").rows()) == {("stale-read", "dirty-not-cleaned")}
+
+
+def test_one_line_with_more_findings_than_the_first_output_block():
+    """A line whose own bound exceeds the whole first block (1,500 N reads of one C write: 1,500 H1
+    findings, bound 6,002) grows it before the line is scanned."""
+    body = "guest write 0x40000000 8 idx=0\n" + "guest read 0x40000000 8 idx=1\n" * 1500
+    f = run(MMU_ON + body)
+    assert f.height == 1500
+    assert f["other_seq"].unique().to_list() == [2]  # every read names the one write
+
+
 def test_events_out_of_order_are_replayed_in_seq_sub_order():
     tr = scenario(textwrap.dedent(MMU_ON + """
         guest write 0x40000000 8 idx=0

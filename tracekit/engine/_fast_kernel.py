@@ -89,26 +89,18 @@ def _advance(a, idx, p):
     return _first_at_least(a, nxt + 1, p) - 1
 
 
-@njit(cache=True)
-def _grow(out, n, need):
-    """``out`` with room for ``need`` more rows after the first n."""
-    if n + need <= out.shape[0]:
-        return out
-    bigger = np.empty((max(out.shape[0] * 2, n + need), NCOL), np.int64)
-    bigger[:n] = out[:n]
-    return bigger
-
-
 @njit(cache=True, inline="always")
 def _put(out, n, row, kind, cause, other, fix_after, fix_before, fix_agent):
-    """Write finding n (the caller made room with _grow) and return n + 1."""
-    out[n, 0] = row
-    out[n, 1] = kind
-    out[n, 2] = cause
-    out[n, 3] = other
-    out[n, 4] = fix_after
-    out[n, 5] = fix_before
-    out[n, 6] = fix_agent
+    """Write finding n if ``out`` has room for it, and return n + 1 either way (a line that
+    overflows is scanned again into a bigger array, see ``_scan_lines``)."""
+    if n < out.shape[0]:
+        out[n, 0] = row
+        out[n, 1] = kind
+        out[n, 2] = cause
+        out[n, 3] = other
+        out[n, 4] = fix_after
+        out[n, 5] = fix_before
+        out[n, 6] = fix_agent
     return n + 1
 
 
@@ -133,10 +125,37 @@ def _discard(out, n, q, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother):
 
 @njit(cache=True, nogil=True)
 def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observed):
-    """Findings of every line: an (n, NCOL) int64 array (see NCOL), in no particular order."""
+    """Findings of every line: an (n, NCOL) int64 array (see NCOL), in no particular order.
+
+    The lines are scanned into an output array that is grown, between two lines, when a line's
+    findings did not fit (``_scan_lines``): the loop that scans never rebinds an array, so numba
+    keeps reference counting out of it (an atomic increment and decrement per piece took half
+    of the scan's time).
+    """
     nrows = r_line.shape[0]
     out = np.empty((max(1024, nrows // 16), NCOL), np.int64)
     n = 0
+    i = 0
+    while True:
+        i, n, need = _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observed,
+                                 out, n, i)
+        if i >= nrows:
+            return out[:n].copy()
+        bigger = np.empty((max(out.shape[0] * 2, n + need), NCOL), np.int64)
+        bigger[:n] = out[:n]
+        out = bigger
+
+
+@njit(cache=True, nogil=True)
+def _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observed, out, n, i):
+    """Scan whole lines from piece i into ``out`` from row n: (the next line's first piece, rows
+    used, and, when a line's findings did not fit, their count; that line is then to be scanned
+    again, from its first piece, into a bigger array).
+
+    Every line starts from a clean state (its bytes are forgotten at its end), so stopping
+    between two lines loses nothing.
+    """
+    nrows = r_line.shape[0]
     wpos = np.full(line_size, -1, np.int64)  # W(b): position of the last write
     wrow = np.zeros(line_size, np.int64)  # ... its piece (for its bytes on the line)
     wpath = np.zeros(line_size, np.int8)
@@ -148,9 +167,9 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
     has_isw = g_isw.shape[0] > 0
     has_global = has_ram or has_ic or has_isw
 
-    i = 0
     while i < nrows:
         ln = r_line[i]
+        n0 = n
         # first pass: is the line mapped cacheable (architectural speculation)?
         j = i
         mapped = False
@@ -168,6 +187,10 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
         last_ic = -1
         pou_ic = -1  # last clean to PoU before last_ic
         last_ct = -1  # observed: last data access on C/T
+        # bounds that let an access skip its bytes when no hazard rule can fire on them:
+        last_w = -1  # last write on any path (an ifetch finds nothing when all are behind IC + PoU clean)
+        last_nc = -1  # last write on path N whose line may have been cached (H2 needs one after last_inval)
+        spoiled = False  # some byte was clobbered or discarded since the line began (H3/H4)
         tlo = line_size
         thi = 0
         k = i
@@ -196,11 +219,10 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                     s_i = isw_c + 1
                     if s_i < g_isw.shape[0] and g_isw[s_i] < limit:
                         dirty_end = max(last_clean, last_inval)
-                        out = _grow(out, n, line_size)
+                        spoiled = True  # last_cw > dirty_end: there may be bytes to discard
                         n = _discard(out, n, g_isw[s_i], dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
                         last_s = g_isw[_last_before(g_isw, limit)]
                         if last_s != g_isw[s_i]:
-                            out = _grow(out, n, line_size)
                             n = _discard(out, n, last_s, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
                 if has_ic:
                     ic_c = _advance(g_ic, ic_c, p)
@@ -223,8 +245,6 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
             a = r_attr[k]
             if field(a, U_RAM, U1) == 1:
                 is_ram = True
-            if n + 4 > out.shape[0]:
-                out = _grow(out, n, 4)
             code = field(a, U_CODE, U3)
             lo = np.int64(a & U13)
             hi = field(a, U_HI, U13)
@@ -237,6 +257,10 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                 h4 = -1
                 h4o = -1
                 dirty_end = max(last_clean, last_inval)
+                # H1 needs a C write after dirty_end, H2 a cached N write after last_inval,
+                # H3/H4 a spoiled byte: when none can be there, the bytes need no look
+                if not (spoiled or (pth == P_N and last_cw > dirty_end) or (pth <= P_T and last_nc > last_inval)):
+                    hi = lo
                 for b in range(lo, hi):
                     w = wpos[b]
                     if w < 0:
@@ -276,16 +300,20 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                     cached = last_ct > last_inval
                 else:
                     cached = mapped
-                for b in range(lo, hi):
-                    wpos[b] = p
-                    wrow[b] = k
-                    wpath[b] = pth
-                    cachedw[b] = cached
-                    if clob:
-                        spoil[b] = S_CLOB
-                        sother[b] = last_cw
-                    else:
-                        spoil[b] = S_NONE
+                # one store loop per array (no branch inside: they vectorise)
+                wpos[lo:hi] = p
+                wrow[lo:hi] = k
+                wpath[lo:hi] = pth
+                cachedw[lo:hi] = cached
+                if clob:
+                    spoil[lo:hi] = S_CLOB
+                    sother[lo:hi] = last_cw
+                    spoiled = True
+                else:
+                    spoil[lo:hi] = S_NONE
+                last_w = p
+                if pth == P_N and cached:
+                    last_nc = p
                 if lo < tlo:
                     tlo = lo
                 if hi > thi:
@@ -296,6 +324,8 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                     last_ct = p
             elif code == IFETCH:
                 ic = -1
+                if last_w < last_ic and last_cw < pou_ic:
+                    hi = lo  # every write is behind the last IC invalidate, every C write behind its PoU clean
                 for b in range(lo, hi):
                     w = wpos[b]
                     if w < 0:
@@ -307,8 +337,9 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
                     n = _put(out, n, k, K_IFETCH, X_ICACHE, ic, ic, p, p)
             else:
                 e = field(a, U_EFF, U31)
-                if e & E_DISCARD:
-                    out = _grow(out, n, line_size)
+                if e & E_DISCARD and last_cw > max(last_clean, last_inval):
+                    # (only a C write after the last clean or invalidate has bytes to discard)
+                    spoiled = True
                     n = _discard(out, n, p, max(last_clean, last_inval), tlo, thi, wpos, wrow, wpath, spoil, sother)
                 if e & E_INVAL:
                     last_inval = p
@@ -324,8 +355,10 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
         for b in range(tlo, thi):
             wpos[b] = -1
             spoil[b] = S_NONE
+        if n > out.shape[0]:
+            return i, n0, n - n0  # the line's findings did not all fit: again, into a bigger array
         i = j
-    return out[:n].copy()
+    return i, n, 0
 
 
 @njit(cache=True, nogil=True)
