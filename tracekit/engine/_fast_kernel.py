@@ -362,13 +362,9 @@ def _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, 
 
 
 @njit(cache=True, nogil=True)
-def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
-    """Per-line pieces (line, pos, packed attributes) of events, in event order.
-
-    A maintenance by address with no size covers the line holding addr (as the
-    reference); DC ZVA covers the whole line holding addr.
-    """
-    n = pos.shape[0]
+def piece_count(addr, size, zva, code, line_size):
+    """How many per-line pieces ``explode_into`` makes of these events."""
+    n = addr.shape[0]
     ls = np.uint64(line_size)
     one = np.uint64(1)
     total = 0
@@ -380,9 +376,20 @@ def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
             total += 1
         else:
             total += np.int64((addr[i] + (s - one)) // ls - addr[i] // ls) + 1
-    o_line = np.empty(total, np.uint64)
-    o_pos = np.empty(total, np.int64)
-    o_attr = np.empty(total, np.uint64)
+    return total
+
+
+@njit(cache=True, nogil=True)
+def explode_into(pos, addr, size, zva, code, path, eff, hostc, ram, line_size, o_line, o_pos, o_attr):
+    """Per-line pieces (line, pos, packed attributes) of events, in event order, into arrays of
+    ``piece_count`` elements (allocated by numpy, on huge pages: they are gathered at random).
+
+    A maintenance by address with no size covers the line holding addr (as the
+    reference); DC ZVA covers the whole line holding addr.
+    """
+    n = pos.shape[0]
+    ls = np.uint64(line_size)
+    one = np.uint64(1)
     k = 0
     for i in range(n):
         a = addr[i]
@@ -409,7 +416,6 @@ def explode(pos, addr, size, zva, code, path, eff, hostc, ram, line_size):
             if ln == last:
                 break
             ln += one
-    return o_line, o_pos, o_attr
 
 
 @njit(cache=True, nogil=True)
@@ -450,12 +456,9 @@ def packed_order(line, lmin, bits):
 
 
 @njit(cache=True, nogil=True)
-def sorted_pieces(key, bits, lmin, pos, attr):
+def sorted_pieces(key, bits, lmin, pos, attr, o_line, o_pos, o_attr):
     """Pieces in key order: the line comes back from the key, position and attributes are gathered."""
     n = key.shape[0]
-    o_line = np.empty(n, np.uint64)
-    o_pos = np.empty(n, np.int64)
-    o_attr = np.empty(n, np.uint64)
     b = np.uint64(bits)
     mask = (np.uint64(1) << b) - np.uint64(1)
     for k in range(n):
@@ -463,7 +466,6 @@ def sorted_pieces(key, bits, lmin, pos, attr):
         o_line[k] = (key[k] >> b) + lmin
         o_pos[k] = pos[i]
         o_attr[k] = attr[i]
-    return o_line, o_pos, o_attr
 
 
 @njit(cache=True, nogil=True)
