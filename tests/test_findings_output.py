@@ -125,10 +125,12 @@ def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path,
         analyze(trace, specs, keep_findings=False)
 
 
-def test_findings_on_disk_replay_one_mitigation_at_a_time_with_the_next_applied_meanwhile(trace, tmp_path,
-                                                                                         monkeypatch):
-    """keep_findings=False is for short memory: never two replays at once, and at most one
-    mitigation applied ahead of the replay that runs (the frames it builds are what memory holds)."""
+@pytest.mark.parametrize("replays", [1, 2])
+def test_findings_on_disk_replay_as_many_at_once_as_asked_with_one_applied_ahead(trace, tmp_path, monkeypatch,
+                                                                                 replays):
+    """keep_findings=False is for short memory: at most ``replays`` replays at once (two by
+    default, one for the least memory), and one mitigation applied ahead of the first replay, not
+    three (the frames it builds are what memory holds)."""
     import importlib
     import threading
     import time
@@ -162,8 +164,8 @@ def test_findings_on_disk_replay_one_mitigation_at_a_time_with_the_next_applied_
     monkeypatch.setattr(analyze_mod, "get_engine", lambda name: engine)
     monkeypatch.setattr("tracekit.mitigations.apply_mitigation", apply)
     specs = ["none", "mair-trap", "guest-boot-inval", "coherent-device", "s2fwb"]
-    got = analyze(trace, specs, output=tmp_path / "f.parquet", keep_findings=False)
-    assert state["started"] == len(specs) and state["most_active"] == 1
+    got = analyze(trace, specs, output=tmp_path / "f.parquet", keep_findings=False, replays=replays)
+    assert state["started"] == len(specs) and state["most_active"] == replays
     assert state["most_ahead"] == analyze_mod._AHEAD_ON_DISK == 1
     monkeypatch.undo()
     assert_frame_equal(got.compact_findings, analyze(trace, specs).compact_findings)

@@ -129,6 +129,7 @@ def analyze(
     output: str | os.PathLike[str] | None = None,
     force: bool = False,
     keep_findings: bool = True,
+    replays: int | None = None,
 ) -> Analysis:
     """Replay ``trace`` (a Trace, a trace Parquet file, or any input `ingest` accepts).
 
@@ -154,6 +155,10 @@ def analyze(
         meanwhile); once the trace is let go, the Analysis is read back from the file.
         The peak is then one mitigation's, not the whole catalog's findings on top of the
         trace (the CLI does this when a trace fits its memory budget but that would not).
+    replays
+        Mitigations the fast engine replays at once after the first (default 2); 1 holds a
+        single mitigation's frames at a time, for the least memory (the CLI's
+        ``findings-on-disk-serial`` plan).
     """
     from .mitigations import apply_mitigation
 
@@ -165,6 +170,8 @@ def analyze(
     if line_size is not None and (line_size < 4 or line_size & (line_size - 1) or line_size > 4096):
         raise UsageError(f"--line-size: expected a power of two between 4 and 4096, found {line_size}")
     specs = expand_mitigations(mitigations)
+    if replays is not None and replays < 1:
+        raise UsageError(f"replays: expected 1 or more mitigations replayed at once, found {replays}")
     if not keep_findings and output is None:
         raise UsageError("keep_findings=False: expected an output file to write the findings to, found none")
     if output is not None:
@@ -213,7 +220,7 @@ def analyze(
                 # older one has its findings kept until that one is done, but no longer counts);
                 # the first replay runs alone: it makes the layout (and the findings) the others reuse
                 running = [f for f in pending if not f.done()]
-                if running and (started == 1 or len(running) >= replays):
+                if running and (started == 1 or len(running) >= at_once):
                     if not block:
                         return
                     wait(running, return_when=FIRST_COMPLETED)
@@ -225,8 +232,9 @@ def analyze(
         # the fast engine replays a frame with its inserted events appended (cheaper than merging them)
         ordered = engine != "fast" or keep_transformed
         concurrent = engine == "fast" and len(specs) > 1
-        # findings let go (memory is short): one replay at a time, the next mitigation applied meanwhile
-        replays, ahead = (_REPLAYS, _AHEAD) if keep_findings else (_REPLAYS_ON_DISK, _AHEAD_ON_DISK)
+        # findings let go (memory is short): one mitigation applied ahead, not three
+        at_once = _REPLAYS if replays is None else replays
+        ahead = _AHEAD if keep_findings else _AHEAD_ON_DISK
         for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
             costs[spec] = cost
@@ -261,14 +269,15 @@ def analyze(
     return Analysis(findings, costs, meta, info, resolved, transformed)
 
 
-#: Replays of one trace's mitigations run at once by the fast engine (after the first).
+#: Replays of one trace's mitigations run at once by the fast engine (after the first), unless
+#: ``replays`` says otherwise.
 _REPLAYS = 2
 #: Mitigations applied ahead while the first replay runs alone (frames held at once).
 _AHEAD = 3
-#: The same with keep_findings=False, where memory is what is short: one replay at a time,
-#: the next mitigation applied while it runs (10 M events, the catalog: 4.6-4.7 GiB, 35-36 s;
-#: one at a time with nothing ahead: 38 s; two replays at once peaked 1 GiB higher).
-_REPLAYS_ON_DISK = 1
+#: The same with keep_findings=False, where memory is what is short: the next mitigation applied
+#: while the others run. The catalog of 10 M events (the command, with its summary): two replays
+#: at once 25.0-25.1 s, 5.29-5.38 GiB; one at a time (``replays=1``) 27.4-28.6 s, 4.81-4.95 GiB;
+#: one at a time with nothing ahead: 38 s (an earlier, slower engine).
 _AHEAD_ON_DISK = 1
 
 

@@ -60,10 +60,14 @@ WHOLE_BYTES_PER_EVENT_NONE = 220
 WHOLE_BYTES_PER_EVENT = 400
 WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 30
 WHOLE_BASE_BYTES = 550 << 20
-#: With the findings on disk (one replay at a time), per event beyond one mitigation's run:
-#: the next mitigation applied meanwhile, the last one's findings on their way to the file
-#: (10 M events, the catalog: 4.62-4.74 GiB).
-ON_DISK_BYTES_PER_EVENT = 120
+#: With the findings on disk, per event beyond one mitigation's run: the next mitigation applied
+#: meanwhile, the last one's findings on their way to the file, and a second replay at once
+#: (the catalog: 0.98-1.03 GiB at 1 M events, 5.29-5.53 GiB at 10 M), which also costs a
+#: little whatever the size...
+ON_DISK_BYTES_PER_EVENT = 162
+ON_DISK_SECOND_REPLAY_BYTES = 48 << 20
+#: ... or one replay at a time (0.93-0.94 GiB at 1 M, 4.81-4.95 GiB at 10 M).
+ON_DISK_SERIAL_BYTES_PER_EVENT = 120
 #: What the process needs besides the parts (interpreter, polars, numba, the global events).
 BASE_BYTES = 350 << 20
 PAGE_SHIFT = 12  # parts own whole 4 KiB pages
@@ -92,11 +96,12 @@ def parse_size(text: str) -> int:
 
 
 def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",), *,
-                    findings_kept: bool = True) -> int:
+                    findings_kept: bool = True, replays: int = 2) -> int:
     """Peak memory of analysing ``events`` whole under ``mitigations`` (specs, or how many).
 
-    ``findings_kept=False``: one mitigation replayed at a time (the next one applied
-    meanwhile), each one's findings written and let go (``analyze(..., keep_findings=False)``).
+    ``findings_kept=False``: each mitigation's findings written and let go
+    (``analyze(..., keep_findings=False)``), the next mitigation applied meanwhile, and
+    ``replays`` mitigations replayed at once (2, or 1 for the least memory).
     """
     if isinstance(mitigations, int):
         count, only_none = max(1, mitigations), False
@@ -104,12 +109,14 @@ def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",), *
         count, only_none = max(1, len(mitigations)), all(m == "none" for m in mitigations)
     per_event = WHOLE_BYTES_PER_EVENT_NONE if only_none else WHOLE_BYTES_PER_EVENT
     if count > 1 and not findings_kept:
-        return WHOLE_BASE_BYTES + events * (per_event + ON_DISK_BYTES_PER_EVENT)
+        if replays == 1:
+            return WHOLE_BASE_BYTES + events * (per_event + ON_DISK_SERIAL_BYTES_PER_EVENT)
+        return WHOLE_BASE_BYTES + ON_DISK_SECOND_REPLAY_BYTES + events * (per_event + ON_DISK_BYTES_PER_EVENT)
     return WHOLE_BASE_BYTES + events * (per_event + WHOLE_BYTES_PER_EVENT_AND_MITIGATION * (count - 1))
 
 
 #: How `tracekit analyze` runs a trace Parquet (``memory_plan``), lightest on time first.
-PLANS = ("whole", "findings-on-disk", "partitioned")
+PLANS = ("whole", "findings-on-disk", "findings-on-disk-serial", "partitioned")
 
 
 def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
@@ -117,9 +124,10 @@ def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
     """How to analyse the trace under ``mitigations`` within ``budget_bytes`` (one of ``PLANS``).
 
     ``whole``: in memory, the mitigations replayed two at a time and every finding kept.
-    ``findings-on-disk``: in memory, one mitigation at a time, its findings written and let
-    go, read back at the end (the catalog of 10 M events: 35-41 s with the summary where
-    partitioning took 78-89 s). ``partitioned``: part by part (``replay_partitioned``).
+    ``findings-on-disk``: in memory, two at a time, each one's findings written and let go,
+    read back at the end (the catalog of 10 M events with the summary: 25 s, where
+    partitioning took 78-89 s). ``findings-on-disk-serial``: the same one mitigation at a
+    time (27-29 s, 0.4 GiB less). ``partitioned``: part by part (``replay_partitioned``).
     A path that is not a readable Parquet file is ``whole``: loading it reports what is wrong.
     """
     try:
@@ -130,6 +138,8 @@ def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
         return "whole"
     if estimated_bytes(rows, mitigations, findings_kept=False) <= budget_bytes:
         return "findings-on-disk"
+    if estimated_bytes(rows, mitigations, findings_kept=False, replays=1) <= budget_bytes:
+        return "findings-on-disk-serial"
     return "partitioned"
 
 

@@ -75,12 +75,13 @@ def analyze(
                          concat=concat, compact=True)
         kw = dict(engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
                   keep_transformed=emit_trace is not None, force=force)
-        if plan == "findings-on-disk":
+        if plan in ("findings-on-disk", "findings-on-disk-serial"):
             # the trace fits, the catalog's findings beside it would not: each mitigation's go to
             # the file as it is replayed, and come back once the trace is let go (analyze holds
-            # the only reference)
+            # the only reference); the serial plan replays one mitigation at a time
             held = [trace]
             del trace
+            kw["replays"] = 1 if plan == "findings-on-disk-serial" else None
             result = _with_findings_file(output, lambda dest: run(held.pop(), mitigation, output=dest,
                                                                   keep_findings=False, **kw))
         else:
