@@ -228,7 +228,10 @@ def warm_up():
         try:
             k = _kernel()
             empty = np.zeros(0, np.uint64)
-            k.region_pick(empty, np.zeros(0, np.bool_), empty, empty, np.zeros(0, np.bool_))
+            # the addresses as region_columns passes them (polars' read-only view): an array
+            # numba types otherwise would load, or compile, a version no call uses
+            addr = pl.Series([None], dtype=pl.UInt64).fill_null(0).to_numpy()  # (an empty one is writable)
+            k.region_pick(addr, np.zeros(1, np.bool_), empty, empty, np.zeros(0, np.bool_))
         except Exception:  # noqa: BLE001 - the real call reports it
             pass
 

@@ -134,8 +134,8 @@ def scan(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observe
     """
     nrows = r_line.shape[0]
     out = np.empty((max(1024, nrows // 16), NCOL), np.int64)
-    n = 0
-    i = 0
+    n = np.int64(0)  # (not literals: numba would compile _scan_lines once more for them, 2.5 s)
+    i = np.int64(0)
     while True:
         i, n, need = _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, observed,
                                  out, n, i)
@@ -192,7 +192,7 @@ def _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, 
         last_nc = -1  # last write on path N whose line may have been cached (H2 needs one after last_inval)
         spoiled = False  # some byte was clobbered or discarded since the line began (H3/H4)
         tlo = line_size
-        thi = 0
+        thi = np.int64(0)  # (not a literal: numba would compile _discard once more for it)
         k = i
         # cursors into the whole-cache timelines: the last operation before p (ram, ic) or p1 + 1 (isw)
         ram_c = -1
