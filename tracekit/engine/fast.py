@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from ..errors import UsageError
+from ..findings import kind_cause_rank
 from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect, seq_sub_key
 from ..schema import FINDINGS_SCHEMA, conform, enum_from_codes, polars_schema
 
@@ -387,20 +388,7 @@ class _Baseline:
         seq = findings["seq"].to_numpy()
         self.key = seq_sub_key(seq, np.zeros(len(seq), np.int32))
         self.line = findings["line"].to_numpy()
-        self.kc = _kind_cause_rank(findings)
-
-
-def _kind_cause_rank(findings: pl.DataFrame) -> np.ndarray:
-    """kind and cause as one integer that orders like the strings (kind first)."""
-    ranks = []
-    for column in ("kind", "cause"):
-        s = findings[column]
-        if not isinstance(s.dtype, pl.Enum):
-            s = s.cast(pl.String).cast(pl.Enum(sorted(_KINDS if column == "kind" else _CAUSES)))
-        names = s.dtype.categories.to_list()
-        lut = np.argsort(np.argsort(np.array(names, dtype=object))).astype(np.uint8)
-        ranks.append(lut[s.to_physical().to_numpy()])
-    return ranks[0].astype(np.int64) * 8 + ranks[1]
+        self.kc = kind_cause_rank(findings)
 
 
 _LAST: _Layout | None = None
@@ -470,10 +458,17 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
     path_lut = _lookup_tables(False)[2]
     attr = layout.attr if which is None else layout.attr[which]
     if layout.frame_seq is not None:
-        recorded = np.flatnonzero(sub == 0)
-        if len(recorded) == len(layout.frame_seq) and np.array_equal(seq[recorded], layout.frame_seq):
+        n_rec = len(layout.frame_seq)
+        if n_rec <= len(sub) and not sub[:n_rec].any():
+            # the recorded rows first, the inserted ones appended (apply_mitigation's
+            # ordered=False): the rows are the layout's as they are, no gather
+            recorded = None if np.array_equal(seq[:n_rec], layout.frame_seq) and not (sub[n_rec:] == 0).any() \
+                else np.flatnonzero(sub == 0)
+        else:
+            recorded = np.flatnonzero(sub == 0)
+        if recorded is None or (len(recorded) == n_rec and np.array_equal(seq[recorded], layout.frame_seq)):
             pos = layout.pos if which is None else layout.pos[which]
-            if len(recorded) != len(seq):  # rows were inserted: the recorded ones moved down
+            if recorded is not None and len(recorded) != len(seq):  # rows were inserted: the recorded ones moved
                 pos = recorded[pos]
             attr = K.retyped(pos, attr, path_code, path_lut, hostc)
             return (pos if ranks is None else ranks(pos)), attr
@@ -619,5 +614,5 @@ def _replay_changed_lines(events: pl.DataFrame, info: TraceInfo, layout: _Layout
     i = np.minimum(np.searchsorted(touched_at, base.line), max(len(touched_at) - 1, 0))
     keep_old = touched_at[i] != base.line if len(touched_at) else np.ones(len(base.line), np.bool_)
     order = K.merge_findings(base.key, base.line, base.kc, keep_old, seq_sub[pos],
-                             fresh["line"].to_numpy(), _kind_cause_rank(fresh))
+                             fresh["line"].to_numpy(), kind_cause_rank(fresh))
     return pl.concat([old, fresh], how="vertical", rechunk=False)[order], ins

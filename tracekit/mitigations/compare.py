@@ -148,14 +148,14 @@ class _Keys:
     @classmethod
     def of(cls, frame: pl.DataFrame) -> "_Keys | None":
         """The keys, or None when the rows are not in key order (or a key is null)."""
-        from ..engine.fast import _kind_cause_rank
+        from ..findings import kind_cause_rank
         from ._match_kernel import in_key_order
 
         k = frame.select("seq", "line", "kind", "cause")
         if any(k[c].null_count() for c in k.columns):
             return None
         try:
-            kc = _kind_cause_rank(k)
+            kc = kind_cause_rank(k)
         except pl.exceptions.PolarsError:  # a kind or cause the engine does not name: the joins match them
             return None
         keys = cls(k["seq"].cast(pl.UInt64).to_numpy(), k["line"].cast(pl.UInt64).to_numpy(), kc)
