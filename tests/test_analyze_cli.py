@@ -151,7 +151,7 @@ def test_a_budget_for_the_trace_but_not_the_catalogs_findings_writes_them_as_the
     """Between the estimates (partition.memory_plan) the trace is replayed whole, two mitigations
     at a time (one, with less room), each one's findings written and let go, then read back for
     the summary: the same file and the same summary as a run with room for everything (on 10 M
-    events: 25-28 s at 5.3-5.5 GiB, 27-30 s at 4.8-4.9 GiB, where partitioning took 80 s)."""
+    events: 24-28 s at 5.3-5.6 GiB, 27-30 s at 4.8-4.9 GiB, where partitioning took 80 s)."""
     import importlib
 
     import tracekit.partition as partition

@@ -62,9 +62,9 @@ WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 30
 WHOLE_BASE_BYTES = 550 << 20
 #: With the findings on disk, per event beyond one mitigation's run: the next mitigation applied
 #: meanwhile, the last one's findings on their way to the file, and a second replay at once
-#: (the catalog: 0.98-1.03 GiB at 1 M events, 5.29-5.53 GiB at 10 M), which also costs a
+#: (the catalog: 0.98-1.03 GiB at 1 M events, 5.29-5.60 GiB at 10 M), which also costs a
 #: little whatever the size...
-ON_DISK_BYTES_PER_EVENT = 162
+ON_DISK_BYTES_PER_EVENT = 170
 ON_DISK_SECOND_REPLAY_BYTES = 48 << 20
 #: ... or one replay at a time (0.93-0.94 GiB at 1 M, 4.81-4.95 GiB at 10 M).
 ON_DISK_SERIAL_BYTES_PER_EVENT = 120
@@ -125,9 +125,9 @@ def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
 
     ``whole``: in memory, the mitigations replayed two at a time and every finding kept.
     ``findings-on-disk``: in memory, two at a time, each one's findings written and let go,
-    read back at the end (the catalog of 10 M events with the summary: 25 s, where
+    read back at the end (the catalog of 10 M events with the summary: 24-28 s, where
     partitioning took 78-89 s). ``findings-on-disk-serial``: the same one mitigation at a
-    time (27-29 s, 0.4 GiB less). ``partitioned``: part by part (``replay_partitioned``).
+    time (27-30 s, 0.5-0.7 GiB less). ``partitioned``: part by part (``replay_partitioned``).
     A path that is not a readable Parquet file is ``whole``: loading it reports what is wrong.
     """
     try:
