@@ -276,7 +276,7 @@ _REPLAYS = 2
 _AHEAD = 3
 #: The same with keep_findings=False, where memory is what is short: the next mitigation applied
 #: while the others run. The catalog of 10 M events (the command, with its summary): two replays
-#: at once 24.0-28.2 s, 5.29-5.60 GiB; one at a time (``replays=1``) 27.4-30.4 s, 4.81-4.95 GiB;
+#: at once 24.0-28.2 s, 5.29-5.63 GiB; one at a time (``replays=1``) 27.4-30.4 s, 4.81-4.95 GiB;
 #: one at a time with nothing ahead: 38 s (an earlier, slower engine).
 _AHEAD_ON_DISK = 1
 

@@ -62,9 +62,9 @@ WHOLE_BYTES_PER_EVENT_AND_MITIGATION = 30
 WHOLE_BASE_BYTES = 550 << 20
 #: With the findings on disk, per event beyond one mitigation's run: the next mitigation applied
 #: meanwhile, the last one's findings on their way to the file, and a second replay at once
-#: (the catalog: 0.98-1.03 GiB at 1 M events, 5.29-5.60 GiB at 10 M), which also costs a
+#: (the catalog: 0.98-1.03 GiB at 1 M events, 5.29-5.63 GiB at 10 M), which also costs a
 #: little whatever the size...
-ON_DISK_BYTES_PER_EVENT = 170
+ON_DISK_BYTES_PER_EVENT = 180
 ON_DISK_SECOND_REPLAY_BYTES = 48 << 20
 #: ... or one replay at a time (0.93-0.94 GiB at 1 M, 4.81-4.95 GiB at 10 M).
 ON_DISK_SERIAL_BYTES_PER_EVENT = 120
