@@ -210,6 +210,23 @@ def test_generic_cost_counts_removed_and_retyped():
     assert c.retyped == [{"from": "nc", "to": "wb", "count": 1}] and c.retyped_accesses == 1
 
 
+def test_generic_cost_with_a_removed_access_matches_the_others_by_seq():
+    """Removed rows that include an access: the kept accesses no longer pair up row by row with
+    the trace's, and are matched by seq (the retyped count is of the kept accesses only)."""
+    before = pl.DataFrame({"seq": [0, 1, 2, 3], "sub": [0, 0, 0, 0], "op": ["write", "read", "cmo", "read"],
+                           "cmo": [None, None, "dc.csw", None], "addr": [0, 64, None, 128],
+                           "size": [8, 8, None, 8], "mem_type": ["nc", "nc", None, "nc"],
+                           "region_kind": ["ram", "ram", None, "ram"]},
+                          schema_overrides={"seq": pl.UInt64, "sub": pl.Int32, "addr": pl.UInt64, "size": pl.UInt64})
+    after = before.filter(~pl.col("seq").is_in([1, 2])).with_columns(
+        mem_type=pl.when(pl.col("seq") == 3).then(pl.lit("wb")).otherwise(pl.col("mem_type")))
+    from tracekit.model import TraceInfo
+
+    c = mitigation_cost(before, after, TraceInfo())
+    assert c.removed_ops == 2
+    assert c.retyped == [{"from": "nc", "to": "wb", "count": 1}] and c.retyped_accesses == 1
+
+
 def test_interval_union_merges_overlapping_and_adjacent_runs():
     lf = pl.LazyFrame({"k": [1, 1, 1, 1, 2], "lo": [0, 2, 3, 10, 2], "hi": [1, 2, 5, 11, 2]})
     got = interval_union(lf, ["k"], "lo", "hi").collect().rows()
