@@ -49,6 +49,7 @@ class Analysis:
         self.events = events  # the resolved trace (None when loaded from a findings file)
         self.transformed = transformed if transformed is not None else {}
         self._strings: pl.DataFrame | None = None
+        self._compared: dict[str, Any] = {}  # baseline -> Comparison (the summary and a report share it)
 
     @property
     def findings(self) -> pl.DataFrame:
@@ -75,7 +76,9 @@ class Analysis:
         """The matrix, and per mitigation the findings of ``baseline`` it fixes and those it introduces."""
         from .mitigations.compare import compare
 
-        return compare(self.compact_findings, self.mitigations, baseline=baseline)
+        if baseline not in self._compared:
+            self._compared[baseline] = compare(self.compact_findings, self.mitigations, baseline=baseline)
+        return self._compared[baseline]
 
     def write(self, path: str | os.PathLike[str], *, force: bool = False) -> Path:
         """Write the findings as one Parquet file (findings-v1) with the run's metadata."""

@@ -330,7 +330,10 @@ def prepare(analysis: Any, *, trace: pl.DataFrame | None = None, max_ranges: int
         shown[m] = [_describe_range(r, lookup, speculation) for r in by_mit[m].head(max_ranges).iter_rows(named=True)]
     from ..mitigations.compare import compare
 
-    cmp = compare(findings, mitigations, baseline="none")
+    if callable(getattr(analysis, "compare", None)) and list(getattr(analysis, "mitigations", ())) == mitigations:
+        cmp = analysis.compare("none")  # an Analysis keeps its comparison: the summary made it already
+    else:
+        cmp = compare(findings, mitigations, baseline="none")
     against = {m: (cmp.fixed[m].height, cmp.introduced[m].height) for m in cmp.fixed}
     return ReportData(meta, findings, mitigations, columns, matrix, costs, rng, shown, range_counts,
                       trace is not None, cmp.baseline, against)
