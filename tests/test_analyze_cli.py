@@ -191,6 +191,16 @@ def test_a_budget_for_the_trace_but_not_the_catalogs_findings_writes_them_as_the
     assert d.exit_code == 0 and d.output == a.output
     assert kept == [True, False, False, False] and at_once == [None, None, None, 1]
     assert pl.read_parquet(serial).equals(pl.read_parquet(whole))
+    # with -q, no report and no --fail-on nothing needs the findings: they are not read back
+    reads = []
+    real_read = analysis_module._read_findings
+    monkeypatch.setattr(analysis_module, "_read_findings", lambda path: (reads.append(path), real_read(path))[1])
+    quiet = tmp_path / "quiet.parquet"
+    e = run("analyze", trace, "-m", "all", "-q", "-o", quiet, "--memory-budget", str((low + high) // 2))
+    assert e.exit_code == 0 and e.output == "" and reads == []
+    assert pl.read_parquet(quiet).equals(pl.read_parquet(whole))
+    f = run("analyze", trace, "-m", "all", "-o", tmp_path / "loud.parquet", "--memory-budget", str((low + high) // 2))
+    assert f.exit_code == 0 and f.output == a.output and len(reads) == 1  # the summary reads them, once
 
 
 def test_budgeted_quiet_run_does_not_read_its_findings_back(tmp_path, monkeypatch):

@@ -123,6 +123,22 @@ def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path,
     assert let_go.summary() == kept.summary()
     with pytest.raises(UsageError, match="output"):
         analyze(trace, specs, keep_findings=False)
+    # the rows are read from the file when first used, not before
+    import importlib
+
+    analysis_module = importlib.import_module("tracekit.analyze")
+    lazy = analysis_module.load_analysis(tmp_path / "g.parquet", lazy=True)
+    reads = []
+    real = analysis_module._read_findings
+    analysis_module._read_findings = lambda path: (reads.append(path), real(path))[1]
+    try:
+        assert lazy.mitigations == specs and reads == []
+        assert_frame_equal(lazy.compact_findings, kept.compact_findings)
+        assert reads == [tmp_path / "g.parquet"]
+        assert_frame_equal(lazy.findings, kept.findings)
+        assert len(reads) == 1
+    finally:
+        analysis_module._read_findings = real
 
 
 @pytest.mark.parametrize("replays", [1, 2])

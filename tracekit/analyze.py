@@ -37,12 +37,18 @@ class Analysis:
     are kept in ``compact_findings``, whose string columns are Enum/Categorical
     (``schema.polars_schema(..., compact=True)``), at a third of the memory; the
     string form is made on first use of ``findings``. Counting, comparing, gating
-    and writing work on the compact form.
+    and writing work on the compact form. An Analysis read from a findings file
+    (``load_analysis(path, lazy=True)``, and what ``analyze(..., keep_findings=False)``
+    returns) reads its rows from the file when they are first used.
     """
 
-    def __init__(self, findings: pl.DataFrame, costs: dict[str, Any], meta: dict[str, Any], info: TraceInfo,
-                 events: pl.DataFrame | None = None, transformed: dict[str, pl.DataFrame] | None = None):
-        self.compact_findings = conform(findings, FINDINGS_SCHEMA, compact=True)
+    def __init__(self, findings: pl.DataFrame | None, costs: dict[str, Any], meta: dict[str, Any], info: TraceInfo,
+                 events: pl.DataFrame | None = None, transformed: dict[str, pl.DataFrame] | None = None, *,
+                 findings_file: str | os.PathLike[str] | None = None):
+        if findings is None and findings_file is None:
+            raise UsageError("Analysis: expected findings or the findings file to read them from, found neither")
+        self._compact = None if findings is None else conform(findings, FINDINGS_SCHEMA, compact=True)
+        self._findings_file = findings_file
         self.costs = costs  # spec -> MitigationCost
         self.meta = meta
         self.info = info
@@ -50,6 +56,13 @@ class Analysis:
         self.transformed = transformed if transformed is not None else {}
         self._strings: pl.DataFrame | None = None
         self._compared: dict[str, Any] = {}  # baseline -> Comparison (the summary and a report share it)
+
+    @property
+    def compact_findings(self) -> pl.DataFrame:
+        """The findings with their string columns as Enum/Categorical codes."""
+        if self._compact is None:
+            self._compact = _read_findings(self._findings_file)
+        return self._compact
 
     @property
     def findings(self) -> pl.DataFrame:
@@ -266,7 +279,7 @@ def analyze(
             from .engine.fast import clear_cache
 
             clear_cache()  # the layout kept for another mitigation of this trace
-        read = load_analysis(output)
+        read = load_analysis(output, lazy=True)  # the rows when first used: maybe never (tracekit analyze -q -o)
         read.transformed = transformed
         return read
     return Analysis(findings, costs, meta, info, resolved, transformed)
@@ -304,16 +317,25 @@ def write_transformed(analysis: Analysis, path: str | os.PathLike[str], *, force
     return write_table(frames, path, schema=TRACE_SCHEMA, info=analysis.info, force=force, extra_columns=True)
 
 
-def load_analysis(path: str | os.PathLike[str]) -> Analysis:
-    """Read a findings file written by `tracekit analyze` back into an Analysis."""
+def load_analysis(path: str | os.PathLike[str], *, lazy: bool = False) -> Analysis:
+    """Read a findings file written by `tracekit analyze` back into an Analysis.
+
+    ``lazy``: read the metadata now and the findings when they are first used (the file
+    must still be there then).
+    """
     from .mitigations import MitigationCost
 
     meta = read_metadata(path)
-    target = polars_schema(FINDINGS_SCHEMA, compact=True)
-    findings = pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
     info = TraceInfo.from_dict(meta)
     costs = {s: MitigationCost.from_dict(c) for s, c in meta.get("costs", {}).items()}
-    return Analysis(findings, costs, meta, info)
+    if lazy:
+        return Analysis(None, costs, meta, info, findings_file=path)
+    return Analysis(_read_findings(path), costs, meta, info)
+
+
+def _read_findings(path: str | os.PathLike[str]) -> pl.DataFrame:
+    target = polars_schema(FINDINGS_SCHEMA, compact=True)
+    return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
 
 
 def summary_text(a: Analysis, *, first: int = 3) -> str:

@@ -121,7 +121,9 @@ def _with_findings_file(output: Optional[Path], run):
     if output is not None:
         return run(output)
     with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
-        return run(Path(tmp) / "findings.parquet")
+        result = run(Path(tmp) / "findings.parquet")
+        _ = result.compact_findings  # read while the file is there (an Analysis read from it is lazy)
+        return result
 
 
 def _format_of(path: Path) -> str:
