@@ -105,7 +105,7 @@ def test_mitigations_are_applied_while_the_first_replay_runs_and_findings_stay_i
 
 
 @pytest.mark.parametrize("engine", ["fast", "reference"])
-def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path, engine):
+def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path, engine, monkeypatch):
     """keep_findings=False: each mitigation's findings go to the file and are let go (one
     mitigation at a time); the Analysis is read back from the file: the same findings, costs
     and metadata as a run that kept them, and the transformed frames when asked for."""
@@ -130,15 +130,12 @@ def test_findings_not_kept_come_back_from_the_file_as_they_were(trace, tmp_path,
     lazy = analysis_module.load_analysis(tmp_path / "g.parquet", lazy=True)
     reads = []
     real = analysis_module._read_findings
-    analysis_module._read_findings = lambda path: (reads.append(path), real(path))[1]
-    try:
-        assert lazy.mitigations == specs and reads == []
-        assert_frame_equal(lazy.compact_findings, kept.compact_findings)
-        assert reads == [tmp_path / "g.parquet"]
-        assert_frame_equal(lazy.findings, kept.findings)
-        assert len(reads) == 1
-    finally:
-        analysis_module._read_findings = real
+    monkeypatch.setattr(analysis_module, "_read_findings", lambda path: (reads.append(path), real(path))[1])
+    assert lazy.mitigations == specs and reads == []
+    assert_frame_equal(lazy.compact_findings, kept.compact_findings)
+    assert reads == [tmp_path / "g.parquet"]
+    assert_frame_equal(lazy.findings, kept.findings)
+    assert len(reads) == 1
 
 
 @pytest.mark.parametrize("replays", [1, 2])

@@ -337,10 +337,11 @@ def _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, 
                     n = _put(out, n, k, K_IFETCH, X_ICACHE, ic, ic, p, p)
             else:
                 e = field(a, U_EFF, U31)
-                if e & E_DISCARD and last_cw > max(last_clean, last_inval):
+                dirty_end = max(last_clean, last_inval)
+                if e & E_DISCARD and last_cw > dirty_end:
                     # (only a C write after the last clean or invalidate has bytes to discard)
                     spoiled = True
-                    n = _discard(out, n, p, max(last_clean, last_inval), tlo, thi, wpos, wrow, wpath, spoil, sother)
+                    n = _discard(out, n, p, dirty_end, tlo, thi, wpos, wrow, wpath, spoil, sother)
                 if e & E_INVAL:
                     last_inval = p
                 if e & E_CLEAN_POC:
@@ -361,50 +362,47 @@ def _scan_lines(r_line, r_pos, r_attr, g_ram, g_ic, g_isw, n_events, line_size, 
     return i, n, 0
 
 
+@njit(cache=True, inline="always")
+def _last_byte(a, s, is_cmo, is_zva, ls):
+    """The last byte of an event's span: a maintenance by address with no size covers the
+    line holding a (as the reference), DC ZVA that line whole (its pieces say so)."""
+    one = np.uint64(1)
+    if is_zva:
+        return a
+    if s == 0:
+        s = (ls - a % ls) if is_cmo else one
+    return a + (s - one)
+
+
 @njit(cache=True, nogil=True)
 def piece_count(addr, size, zva, code, line_size):
     """How many per-line pieces ``explode_into`` makes of these events."""
-    n = addr.shape[0]
     ls = np.uint64(line_size)
-    one = np.uint64(1)
     total = 0
-    for i in range(n):
-        s = size[i]
-        if s == 0:  # a maintenance with no size: the line holding addr
-            s = (ls - addr[i] % ls) if code[i] == CMO else one
-        if zva[i]:
-            total += 1
-        else:
-            total += np.int64((addr[i] + (s - one)) // ls - addr[i] // ls) + 1
+    for i in range(addr.shape[0]):
+        total += np.int64(_last_byte(addr[i], size[i], code[i] == CMO, zva[i], ls) // ls - addr[i] // ls) + 1
     return total
 
 
 @njit(cache=True, nogil=True)
 def explode_into(pos, addr, size, zva, code, path, eff, hostc, ram, line_size, o_line, o_pos, o_attr):
     """Per-line pieces (line, pos, packed attributes) of events, in event order, into arrays of
-    ``piece_count`` elements (allocated by numpy, on huge pages: they are gathered at random).
-
-    A maintenance by address with no size covers the line holding addr (as the
-    reference); DC ZVA covers the whole line holding addr.
-    """
+    ``piece_count`` elements (allocated by numpy, on huge pages: they are gathered at random)."""
     n = pos.shape[0]
     ls = np.uint64(line_size)
     one = np.uint64(1)
     k = 0
     for i in range(n):
         a = addr[i]
-        s = size[i]
-        if s == 0:  # a maintenance with no size: the line holding addr
-            s = (ls - addr[i] % ls) if code[i] == CMO else one
+        end = _last_byte(a, size[i], code[i] == CMO, zva[i], ls)
         first = a // ls
+        last = end // ls
         if zva[i]:
-            last = first
             lo0 = 0
             hi_last = line_size
         else:
-            last = (a + (s - one)) // ls
             lo0 = np.int64(a - first * ls)
-            hi_last = np.int64((a + (s - one)) - last * ls) + 1
+            hi_last = np.int64(end - last * ls) + 1
         pth = path[i] if code[i] != CMO else 3
         ln = first
         while True:

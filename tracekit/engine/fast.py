@@ -459,16 +459,13 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
     attr = layout.attr if which is None else layout.attr[which]
     if layout.frame_seq is not None:
         n_rec = len(layout.frame_seq)
-        if n_rec <= len(sub) and not sub[:n_rec].any():
-            # the recorded rows first, the inserted ones appended (apply_mitigation's
-            # ordered=False): the rows are the layout's as they are, no gather
-            recorded = None if np.array_equal(seq[:n_rec], layout.frame_seq) and not (sub[n_rec:] == 0).any() \
-                else np.flatnonzero(sub == 0)
-        else:
-            recorded = np.flatnonzero(sub == 0)
-        if recorded is None or (len(recorded) == n_rec and np.array_equal(seq[recorded], layout.frame_seq)):
+        # the recorded rows first and the inserted ones appended (apply_mitigation's
+        # ordered=False) are a slice: no lookup of the rows, no gather through them
+        appended = n_rec <= len(sub) and not sub[:n_rec].any() and sub[n_rec:].all()
+        recorded = slice(0, n_rec) if appended else np.flatnonzero(sub == 0)
+        if len(seq[recorded]) == n_rec and np.array_equal(seq[recorded], layout.frame_seq):
             pos = layout.pos if which is None else layout.pos[which]
-            if recorded is not None and len(recorded) != len(seq):  # rows were inserted: the recorded ones moved
+            if not appended and len(recorded) != len(seq):  # rows were inserted among them: the recorded ones moved
                 pos = recorded[pos]
             attr = K.retyped(pos, attr, path_code, path_lut, hostc)
             return (pos if ranks is None else ranks(pos)), attr
