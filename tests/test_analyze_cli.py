@@ -199,28 +199,41 @@ def test_a_budget_for_the_trace_but_not_the_catalogs_findings_writes_them_as_the
     e = run("analyze", trace, "-m", "all", "-q", "-o", quiet, "--memory-budget", str((low + high) // 2))
     assert e.exit_code == 0 and e.output == "" and reads == []
     assert pl.read_parquet(quiet).equals(pl.read_parquet(whole))
+    # the summary and --fail-on use figures tallied as the findings were made: still no read
     f = run("analyze", trace, "-m", "all", "-o", tmp_path / "loud.parquet", "--memory-budget", str((low + high) // 2))
-    assert f.exit_code == 0 and f.output == a.output and len(reads) == 1  # the summary reads them, once
+    assert f.exit_code == 0 and f.output == a.output and reads == []
+    g = run("analyze", trace, "-m", "all", "-q", "--fail-on", "lost-write", "--memory-budget", str((low + high) // 2))
+    assert g.exit_code == 1 and reads == [] and "lost-write under none" in g.stderr
+    # a report needs the rows: read once
+    h = run("analyze", trace, "-m", "all", "-q", "--report", tmp_path / "r.md", "--memory-budget", str((low + high) // 2))
+    assert h.exit_code == 0 and len(reads) == 1 and (tmp_path / "r.md").read_text().startswith("#")
 
 
-def test_budgeted_quiet_run_does_not_read_its_findings_back(tmp_path, monkeypatch):
-    """Regression: a partitioned run read the whole findings file back into memory at the end
-    even with -q and nothing to report (100 M events at --memory-budget 1G peaked at 3.1 GB
-    there). It reads them back only for a summary, a report or --fail-on."""
+def test_budgeted_run_does_not_read_its_findings_back_for_a_summary_or_a_gate(tmp_path, monkeypatch):
+    """Regression: a partitioned run read the whole findings file back into memory at the end,
+    first even with -q and nothing to report (100 M events at --memory-budget 1G peaked at
+    3.1 GB there), then for its summary or --fail-on (10 M events at 1G: 1.32 GB). The summary
+    and the gate now use figures tallied part by part; only a report reads the findings."""
     import importlib
 
     analysis_module = importlib.import_module("tracekit.analyze")  # the package's analyze is the function
     reads = []
-    original = analysis_module.load_analysis
-    monkeypatch.setattr(analysis_module, "load_analysis", lambda path: reads.append(path) or original(path))
+    original = analysis_module._read_findings
+    monkeypatch.setattr(analysis_module, "_read_findings", lambda path: reads.append(path) or original(path))
     trace = tmp_path / "t.parquet"
     assert run("synth", "--events", "400000", "--seed", "3", "--profile", "mixed", "-o", trace).exit_code == 0
     out = tmp_path / "f.parquet"
     assert run("analyze", trace, "-o", out, "--memory-budget", "420M", "-q").exit_code == 0
     assert reads == [] and pl.read_parquet(out).height > 0
-    r = run("analyze", trace, "-o", out, "--memory-budget", "420M", "-q", "--force", "--fail-on",
+    r = run("analyze", trace, "-o", out, "--memory-budget", "420M", "--force", "--fail-on",
             "stale-read,lost-write,stale-ifetch")
-    assert reads == [out] and r.exit_code == 1  # the gate needs the findings (the trace has some)
+    assert r.exit_code == 1 and reads == []  # the trace has findings: the gate fails, from the tallied counts
+    whole = run("analyze", trace, "--fail-on", "stale-read,lost-write,stale-ifetch")  # in memory, read whole
+    assert r.stdout == whole.stdout and "first findings under none" in r.stdout  # the same summary
+    assert r.stderr == whole.stderr and "findings of the kinds named by --fail-on remain" in r.stderr
+    assert run("analyze", trace, "-o", out, "--memory-budget", "420M", "-q", "--force",
+               "--report", tmp_path / "r.txt").exit_code == 0
+    assert reads == [out]  # a report reads them
 
 
 def test_report_format_comes_from_the_suffix_or_is_asked_for(tmp_path):

@@ -9,7 +9,6 @@ the CLI writes as one Parquet file.
 from __future__ import annotations
 
 import os
-import textwrap
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import ExitStack
@@ -22,7 +21,6 @@ from . import __version__
 from ._progress import progress
 from .engine import ENGINES, SPECULATION_MODELS, get_engine
 from .errors import UsageError
-from .findings import CAUSE_TITLES, explain
 from .model import TraceInfo
 from .resolve import resolve
 from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_metadata,
@@ -56,6 +54,9 @@ class Analysis:
         self.transformed = transformed if transformed is not None else {}
         self._strings: pl.DataFrame | None = None
         self._compared: dict[str, Any] = {}  # baseline -> Comparison (the summary and a report share it)
+        # the summary's figures when they were tallied as the findings were made (a run that wrote
+        # them to a file, or replayed the trace part by part): the summary then reads no findings
+        self.summary_figures = None
 
     @property
     def compact_findings(self) -> pl.DataFrame:
@@ -101,7 +102,12 @@ class Analysis:
 
     def summary(self, first: int = 3) -> str:
         """Short human summary: counts per mitigation, kind and cause, the first findings explained."""
-        return summary_text(self, first=first)
+        from .summary import figures_of, summary_text
+
+        figures = self.summary_figures
+        if figures is None or figures.shown < first:
+            figures = figures_of(self, first=first)
+        return summary_text(self, figures, first=first)
 
     def _repr_html_(self) -> str:
         try:
@@ -146,6 +152,7 @@ def analyze(
     force: bool = False,
     keep_findings: bool = True,
     replays: int | None = None,
+    tally: bool = False,
 ) -> Analysis:
     """Replay ``trace`` (a Trace, a trace Parquet file, or any input `ingest` accepts).
 
@@ -175,6 +182,9 @@ def analyze(
         Mitigations the fast engine replays at once after the first (default 2); 1 holds a
         single mitigation's frames at a time, for the least memory (the CLI's
         ``findings-on-disk-serial`` plan).
+    tally
+        Tally the summary's figures as the findings are made (``Analysis.summary_figures``):
+        the summary of a keep_findings=False analysis then reads no findings back.
     """
     from .mitigations import apply_mitigation
 
@@ -201,8 +211,12 @@ def analyze(
     extra = {"reuse": len(specs) > 1, "same_trace": object() if len(specs) > 1 else None} \
         if engine == "fast" else {}
 
-    def replay(mitigated: pl.DataFrame, minfo: TraceInfo, spec: str) -> pl.DataFrame:
-        return engine_replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra)
+    def replay(mitigated: pl.DataFrame, minfo: TraceInfo, spec: str) -> tuple[str, pl.DataFrame]:
+        return spec, engine_replay(mitigated, minfo, mitigation=spec, speculation=speculation, compact=True, **extra)
+
+    from .summary import SummaryTally
+
+    tallied = SummaryTally(specs) if tally else None
 
     frames, costs, transformed = [], {}, {}
     with ExitStack() as stack:
@@ -216,11 +230,13 @@ def analyze(
         writing = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="tracekit-write"))
         written: list = []
 
-        def done(found: pl.DataFrame) -> None:
+        def done(spec: str, found: pl.DataFrame) -> None:
             if keep_findings:
                 frames.append(found)
             if writer is not None:
                 written.append(writing.submit(writer.write, found))
+            if tallied is not None:  # (in spec order, off the thread that applies mitigations)
+                written.append(writing.submit(tallied.add, spec, found))
 
         pending: deque = deque()  # replays running, oldest first (their findings are kept in spec order)
         ready: deque = deque()  # mitigations applied, waiting for a replay to start
@@ -231,7 +247,7 @@ def analyze(
             nonlocal started
             while ready:
                 while pending and pending[0].done():
-                    done(pending.popleft().result())
+                    done(*pending.popleft().result())
                 # room: fewer than _REPLAYS still running (one that finished behind a longer,
                 # older one has its findings kept until that one is done, but no longer counts);
                 # the first replay runs alone: it makes the layout (and the findings) the others reuse
@@ -257,7 +273,7 @@ def analyze(
             if keep_transformed:
                 transformed[spec] = mitigated
             if not concurrent:
-                done(replay(mitigated, minfo, spec))
+                done(*replay(mitigated, minfo, spec))
                 continue
             ready.append((spec, mitigated, minfo))
             del mitigated
@@ -266,13 +282,17 @@ def analyze(
             pump(block=not (started == 1 and pending and len(ready) < ahead))
         pump(block=True)
         while pending:
-            done(pending.popleft().result())
+            done(*pending.popleft().result())
         findings = pl.concat(frames) if frames else conform(pl.DataFrame(), FINDINGS_SCHEMA, compact=True)
         meta = _meta(tr, info, speculation, engine, specs, costs)
+        for w in written:
+            w.result()  # a failed write raises here (and the with block removes the file)
         if writer is not None:
-            for w in written:
-                w.result()  # a failed write raises here (and the with block removes the file)
             writer.finish(info, {k: v for k, v in meta.items() if k not in _INFO_KEYS})
+        figures = None
+        if tallied is not None:
+            tallied.end_part()
+            figures = tallied.figures()
     if not keep_findings:
         del trace, tr, resolved, findings  # the caller may hold none of them: the read-back's room
         if engine == "fast":
@@ -281,8 +301,11 @@ def analyze(
             clear_cache()  # the layout kept for another mitigation of this trace
         read = load_analysis(output, lazy=True)  # the rows when first used: maybe never (tracekit analyze -q -o)
         read.transformed = transformed
+        read.summary_figures = figures
         return read
-    return Analysis(findings, costs, meta, info, resolved, transformed)
+    result = Analysis(findings, costs, meta, info, resolved, transformed)
+    result.summary_figures = figures
+    return result
 
 
 #: Replays of one trace's mitigations run at once by the fast engine (after the first), unless
@@ -336,49 +359,3 @@ def load_analysis(path: str | os.PathLike[str], *, lazy: bool = False) -> Analys
 def _read_findings(path: str | os.PathLike[str]) -> pl.DataFrame:
     target = polars_schema(FINDINGS_SCHEMA, compact=True)
     return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
-
-
-def summary_text(a: Analysis, *, first: int = 3) -> str:
-    m = a.meta
-    lines = [
-        f"trace {m.get('trace')}  sha256 {str(m.get('trace_sha256'))[:16]}",
-        f"line size {a.info.line_size}  speculation {m.get('speculation')}  engine {m.get('engine')}  "
-        f"stage 2 {'on' if a.info.stage2 else 'off'}",
-        "",
-    ]
-    cmp = a.compare()
-    mat = cmp.matrix
-    present = [c for c in mat.columns[1:-1] if mat[c].sum() > 0]
-    lines.append("findings per mitigation and (kind/cause):")
-    width = max([len("mitigation")] + [len(s) for s in mat["mitigation"]])
-    for row in mat.iter_rows(named=True):
-        parts = [f"{c}={row[c]}" for c in present if row[c]]
-        lines.append(f"  {row['mitigation']:<{width}}  {row['total']:>6}  " + ("  ".join(parts) or "clean"))
-    comparison = {m: {"fixed": cmp.fixed[m], "introduced": cmp.introduced[m]} for m in cmp.fixed}
-    if comparison:
-        lines += ["", "against none (fixed / introduced):"]
-        for spec, d in comparison.items():
-            cost = a.costs.get(spec)
-            extra = ""
-            if cost is not None:
-                extra = (f"  cost: traps {sum(cost.traps.values())}, inserted ops {cost.inserted_ops} "
-                         f"over {cost.inserted_lines} lines, retyped accesses {cost.retyped_accesses}")
-            lines.append(f"  {spec:<{width}}  fixes {d['fixed'].height}, introduces {d['introduced'].height}{extra}")
-    shown = [("none", a.compact_findings.filter(pl.col("mitigation") == "none"), "first findings under none")]
-    if "none" not in a.mitigations:
-        shown = [(m, a.compact_findings.filter(pl.col("mitigation") == m), f"first findings under {m}")
-                 for m in a.mitigations]
-    shown += [(m, d["introduced"], f"findings {m} introduces (none did not have them)")
-              for m, d in comparison.items()]
-    for spec, sub, title in shown:
-        if sub.height == 0:
-            continue
-        lines += ["", f"{title}:"]
-        for row in sub.head(first).iter_rows(named=True):
-            where = f"{row['src']}:{row['src_line']}" if row["src_line"] is not None else row["src"]
-            label = CAUSE_TITLES.get((row["kind"], row["cause"]), row["cause"])
-            lines.append(f"  seq {row['seq']} ({where}) {label}")
-            lines += textwrap.wrap(explain(row), 96, initial_indent="    ", subsequent_indent="    ")
-        if sub.height > first:
-            lines.append(f"  ... and {sub.height - first} more (tracekit report, or the findings file)")
-    return "\n".join(lines) + "\n"

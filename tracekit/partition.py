@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -43,6 +43,9 @@ import pyarrow.parquet as pq
 from .errors import UsageError
 from .model import TraceInfo
 from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, write_table
+
+if TYPE_CHECKING:
+    from .summary import SummaryTally
 
 #: Memory one event costs while a part is resolved, mitigated and replayed (parts are
 #: sized with it; 100 M events at --memory-budget 1G peaked at 1.29 GB, benchmarks/README.md).
@@ -416,11 +419,14 @@ def replay_partitioned(
     quiet: bool = True,
     workdir: str | os.PathLike[str] | None = None,
     parts: int | None = None,
+    tally: "SummaryTally | None" = None,
 ) -> dict[str, Any]:
     """Analyse ``trace_path`` part by part within ``budget_bytes``; write findings-v1 to ``output``.
 
     Returns the metadata written with the findings (as ``Analysis.meta``), plus
     ``partition`` (parts and events per part). ``parts`` overrides the count the budget gives.
+    ``tally``: fed each part's findings, for a summary that reads none back (a part holds
+    whole lines, as a tally wants).
     """
     from . import __version__
     from ._progress import progress
@@ -478,9 +484,14 @@ def replay_partitioned(
             for m, s in enumerate(specs):
                 mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast")
                 _add_cost(totals[s], cost.to_dict(), +1)
-                buckets.add(m, _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation,
-                                             **part_of_trace), p, owners))
-                del mitigated
+                found = _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation, **part_of_trace),
+                               p, owners)
+                buckets.add(m, found)
+                if tally is not None:
+                    tally.add(s, found)
+                del mitigated, found
+            if tally is not None:
+                tally.end_part()
             del resolved
         buckets.close()
         costs = {}

@@ -58,13 +58,14 @@ def analyze(
     plan = "whole"
     if single is not None and single.suffix == ".parquet" and emit_trace is None:
         plan = memory_plan(single, budget, expand_mitigations(mitigation))
-    # the findings are read back only for what needs them: a budgeted run that only writes
-    # its findings file stays within the budget (tens of millions of findings otherwise)
-    needed = report is not None or not quiet or bool(kinds) or output is None
+    # a run that writes its findings as it goes reads them back only for a report: the summary
+    # and --fail-on use figures tallied on the way, so the run stays within its budget (tens of
+    # millions of findings otherwise)
+    tally = not quiet or bool(kinds)
     if plan == "partitioned":
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet,
-                                      read_back=needed)
+                                      tally=tally, read_back=report is not None)
         if result is None:
             return
     else:
@@ -83,7 +84,8 @@ def analyze(
             del trace
             kw["replays"] = 1 if plan == "findings-on-disk-serial" else None
             result = _with_findings_file(output, lambda dest: run(held.pop(), mitigation, output=dest,
-                                                                  keep_findings=False, **kw))
+                                                                  keep_findings=False, tally=tally, **kw),
+                                         read=report is not None)
         else:
             result = run(trace, mitigation, output=output, **kw)
     if emit_trace is not None:
@@ -100,29 +102,42 @@ def analyze(
 
 
 def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[str], *, budget: int,
-                         read_back: bool = True, **kw):
+                         tally: bool, read_back: bool, **kw):
     """Replay a trace larger than the budget line-partition by line-partition; findings go to ``output``.
 
-    The Analysis read back from the findings file, or None without ``read_back``.
+    The Analysis of the findings file (its rows read with ``read_back``, else when first used),
+    with the summary's figures when ``tally``; None when neither is asked for.
     """
-    from ..analyze import load_analysis
+    from ..analyze import expand_mitigations, load_analysis
     from ..partition import replay_partitioned
+    from ..summary import SummaryTally
 
     def replay(dest: Path):
-        replay_partitioned(trace, dest, mitigations, budget_bytes=budget, **kw)
-        return load_analysis(dest) if read_back else None
-    return _with_findings_file(output, replay)
+        tallied = SummaryTally(expand_mitigations(mitigations)) if tally else None
+        replay_partitioned(trace, dest, mitigations, budget_bytes=budget, tally=tallied, **kw)
+        if not (tally or read_back):
+            return None
+        result = load_analysis(dest, lazy=True)
+        result.summary_figures = tallied.figures() if tallied is not None else None
+        return result
+    return _with_findings_file(output, replay, read=read_back)
 
 
-def _with_findings_file(output: Optional[Path], run):
-    """``run(dest)`` with ``output`` as ``dest``, or a temporary file when there is none."""
+def _with_findings_file(output: Optional[Path], run, *, read: bool):
+    """``run(dest)`` with ``output`` as ``dest``, or a temporary file when there is none;
+    ``read``: the findings of the Analysis it returns are read (inside the temporary
+    directory: an Analysis read from the file is lazy)."""
     import tempfile
 
     if output is not None:
-        return run(output)
+        result = run(output)
+        if read and result is not None:
+            _ = result.compact_findings
+        return result
     with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
         result = run(Path(tmp) / "findings.parquet")
-        _ = result.compact_findings  # read while the file is there (an Analysis read from it is lazy)
+        if read and result is not None:
+            _ = result.compact_findings  # read while the file is there
         return result
 
 

@@ -9,7 +9,7 @@ same recorded event, on the same line, with the same kind and cause
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import polars as pl
 
@@ -80,25 +80,9 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
                             for m, at in spans.items()], how="vertical_relaxed")
     else:
         counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len())
-    counts = counts.with_columns(pl.col("mitigation", "kind", "cause").cast(pl.String))  # Enums in a compact frame
-    pairs = sorted(set(zip(counts["kind"].to_list(), counts["cause"].to_list())), key=_order)
-    grid = pl.DataFrame(
-        [(m, k, c) for m in order for k, c in pairs],
-        schema={"mitigation": pl.String, "kind": pl.String, "cause": pl.String}, orient="row",
-    )
-    long = (
-        grid.join(counts, on=["mitigation", "kind", "cause"], how="left")
-        .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
-    )
-    wide = pl.DataFrame({"mitigation": order}, schema={"mitigation": pl.String})
-    for k, c in pairs:
-        col = long.filter((pl.col("kind") == k) & (pl.col("cause") == c)).select("mitigation", pl.col("count").alias(f"{k}/{c}"))
-        wide = wide.join(col, on="mitigation", how="left", maintain_order="left")
-    wide = wide.with_columns(total=pl.sum_horizontal(pl.exclude("mitigation")).cast(pl.Int64)) if pairs else \
-        wide.with_columns(total=pl.lit(0, dtype=pl.Int64))
+    long, wide = tabulate(counts, order)
     fixed: dict[str, pl.DataFrame] = {}
     introduced: dict[str, pl.DataFrame] = {}
-    key = list(MATCH_KEY)
     has_base = baseline in order or bool((findings["mitigation"] == baseline).any())
     if has_base:
         def of(m: str) -> pl.DataFrame:
@@ -110,16 +94,53 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
             if m == baseline:
                 continue
             mine = of(m)
-            mine_keys = _Keys.of(mine)
-            if base_keys is not None and mine_keys is not None:
-                # both in key order (as analyze writes them): one merge each way, rows stay in order
-                fixed[m] = _strings(base.filter(base_keys.unmatched(mine_keys)))
-                introduced[m] = _strings(mine.filter(mine_keys.unmatched(base_keys)))
-                continue
-            # an anti join ignores repeats on its right side: no unique() of millions of keys
-            fixed[m] = _strings(base.join(mine.select(key), on=key, how="anti").sort(key))
-            introduced[m] = _strings(mine.join(base.select(key), on=key, how="anti").sort(key))
+            gone, new = differences(base, mine, base_keys)
+            fixed[m], introduced[m] = _strings(gone), _strings(new)
     return Comparison(order, baseline if has_base else None, long, wide, fixed, introduced)
+
+
+def tabulate(counts: pl.DataFrame, order: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The long and wide count tables (``Comparison.counts``, ``.matrix``) from counts per
+    (mitigation, kind, cause), in the mitigations' ``order``."""
+    counts = counts.with_columns(pl.col("mitigation", "kind", "cause").cast(pl.String))  # Enums in a compact frame
+    pairs = sorted(set(zip(counts["kind"].to_list(), counts["cause"].to_list())), key=_order)
+    grid = pl.DataFrame(
+        [(m, k, c) for m in order for k, c in pairs],
+        schema={"mitigation": pl.String, "kind": pl.String, "cause": pl.String}, orient="row",
+    )
+    long = (
+        grid.join(counts, on=["mitigation", "kind", "cause"], how="left")
+        .with_columns(pl.col("count").fill_null(0).cast(pl.Int64))
+    )
+    wide = pl.DataFrame({"mitigation": list(order)}, schema={"mitigation": pl.String})
+    for k, c in pairs:
+        col = long.filter((pl.col("kind") == k) & (pl.col("cause") == c)).select("mitigation", pl.col("count").alias(f"{k}/{c}"))
+        wide = wide.join(col, on="mitigation", how="left", maintain_order="left")
+    wide = wide.with_columns(total=pl.sum_horizontal(pl.exclude("mitigation")).cast(pl.Int64)) if pairs else \
+        wide.with_columns(total=pl.lit(0, dtype=pl.Int64))
+    return long, wide
+
+
+_KEYS_OF_BASE = object()
+
+
+def differences(base: pl.DataFrame, mine: pl.DataFrame, base_keys: Any = _KEYS_OF_BASE,
+                ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rows of ``base`` that ``mine`` lacks (fixed) and those of ``mine`` that ``base``
+    lacks (introduced), by MATCH_KEY, each in key order, their columns as they were.
+
+    ``base_keys``: ``_Keys.of(base)``, when the caller compares several frames with one base.
+    """
+    if base_keys is _KEYS_OF_BASE:
+        base_keys = _Keys.of(base)
+    mine_keys = _Keys.of(mine)
+    if base_keys is not None and mine_keys is not None:
+        # both in key order (as analyze writes them): one merge each way, rows stay in order
+        return base.filter(base_keys.unmatched(mine_keys)), mine.filter(mine_keys.unmatched(base_keys))
+    key = list(MATCH_KEY)
+    # an anti join ignores repeats on its right side: no unique() of millions of keys
+    return (base.join(mine.select(key), on=key, how="anti").sort(key),
+            mine.join(base.select(key), on=key, how="anti").sort(key))
 
 
 def _spans(findings: pl.DataFrame) -> dict[str, tuple[int, int]] | None:
