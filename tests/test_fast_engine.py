@@ -335,9 +335,10 @@ def test_worked_vectors_match_the_reference_under_every_checked_mitigation(path)
 def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
     """A mitigated frame whose recorded events are those of the frame that made the kept layout
     (retyped, or with events inserted among them) finds the pieces' rows by one gather, in the
-    frame's order or out of it; one without some recorded event (KVM removes the set/way
-    operations it emulates) looks each piece's event up by seq. All give the reference
-    engine's findings."""
+    frame's order or out of it; one without some recorded events that have no pieces (KVM
+    removes the set/way operations it emulates) shifts those rows past the removed ones; one
+    with recorded events the layout's frame did not have looks each piece's event up by seq.
+    All give the reference engine's findings."""
     from tracekit.engine import _fast_kernel as K
     from tracekit.mitigations import apply_mitigation
     from tracekit.trace import load
@@ -346,20 +347,29 @@ def test_a_frame_with_the_layouts_rows_reuses_their_places(monkeypatch):
 
     trace = load(Path(__file__).resolve().parent.parent / "sample-traces" / "boot-mmu-off.tkt", compact=True)
     resolved = resolve(trace.events, trace.info)
-    looked_up = []
-    real = K.relayout
-    monkeypatch.setattr(K, "relayout", lambda *a: (looked_up.append(1), real(*a))[1])
+    used = []
+    for name in ("relayout", "shifted_past"):
+        real = getattr(K, name)
+        monkeypatch.setattr(K, name, lambda *a, _real=real, _name=name: (used.append(_name), _real(*a))[1])
     fast.clear_cache()
     fast.replay(resolved, trace.info, reuse=True)
-    frames = [(spec, *apply_mitigation(resolved, spec, trace.info, ordered=ordered)[:2], False)
+    frames = [(spec, *apply_mitigation(resolved, spec, trace.info, ordered=ordered)[:2], [])
               for spec in ("mair-trap", "guest-boot-inval", "s2fwb") for ordered in (True, False)]
-    without_sysreg = resolved.filter(pl.int_range(pl.len()) != resolved["op"].cast(pl.String).index_of("sysreg"))
-    frames.append(("x", without_sysreg, trace.info, True))
-    for spec, frame, info, moved in frames:
-        looked_up.clear()
+    no_address = resolved.filter(pl.col("addr").is_null())["seq"]
+    assert no_address.len() >= 2
+    first, last = no_address[0], no_address[-1]
+    frames.append(("x", resolved.filter(pl.col("seq") != last), trace.info, ["shifted_past"]))
+    frames.append(("x", resolved.filter(~pl.col("seq").is_in([first, last])), trace.info, ["shifted_past"]))
+    # the same, with an inserted event before the removed ones' place (rows among the recorded ones)
+    ins = apply_mitigation(resolved, "guest-boot-inval", trace.info)[0]
+    frames.append(("x", ins.filter(pl.col("seq") != first), trace.info, ["shifted_past"]))
+    extra = resolved.filter(pl.col("seq") == last).with_columns(seq=pl.col("seq").max() + 1000)
+    frames.append(("x", pl.concat([resolved, extra]), trace.info, ["relayout"]))
+    for spec, frame, info, path in frames:
+        used.clear()
         got = fast.replay(frame, info, mitigation=spec, reuse=True)
         assert_frame_equal(got, reference.replay(frame, info, mitigation=spec))
-        assert bool(looked_up) == moved, spec
+        assert used == path, (spec, used)
     fast.clear_cache()
 
 

@@ -569,6 +569,40 @@ def relayout(seq, sub, layout_seq, layout_attr, path_code, path_lut, hostc):
 
 
 @njit(cache=True, nogil=True)
+def removed_rows(frame_seq, seq):
+    """The rows of a frame (``frame_seq``, ascending) missing from a later frame whose rows
+    (``seq``, ascending) are those rows less some: (True, their indices, ascending), or
+    (False, ...) when ``seq`` is not such a subsequence."""
+    n = frame_seq.shape[0]
+    m = seq.shape[0]
+    gone = np.empty(max(n - m, 0), np.int64)
+    g = 0
+    j = 0
+    for i in range(n):
+        if j < m and frame_seq[i] == seq[j]:
+            j += 1
+        elif g < gone.shape[0]:
+            gone[g] = i
+            g += 1
+        else:
+            return False, gone[:0]
+    return j == m and g == gone.shape[0], gone[:g]
+
+
+@njit(cache=True, nogil=True)
+def shifted_past(pos, gone):
+    """``pos`` less, for each, the number of ``gone`` rows (ascending) before it: the rows they
+    have once those are removed."""
+    out = np.empty(pos.shape[0], np.int64)
+    if gone.shape[0] == 0:
+        out[:] = pos
+        return out
+    for k in range(pos.shape[0]):
+        out[k] = pos[k] - _first_at_least(gone, 0, pos[k])
+    return out
+
+
+@njit(cache=True, nogil=True)
 def retyped(pos, layout_attr, path_code, path_lut, hostc):
     """The kept pieces' attributes with the path and host-cacheable bit of their event (row ``pos``)."""
     k_n = pos.shape[0]

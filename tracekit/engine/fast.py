@@ -443,9 +443,10 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
     """Positions in this frame of the kept layout's pieces (all, or ``which``), and their
     attributes with this frame's path and host-cacheable bit.
 
-    When the frame's recorded events are those of the frame that made the layout (nothing
-    removed), a piece's position is the row of its recorded event among this frame's
-    recorded rows: one gather. Otherwise each piece's event is looked up by seq.
+    When the frame's recorded events are those of the frame that made the layout, or those
+    less some without pieces, a piece's position is the row of its recorded event among this
+    frame's recorded rows: one gather (and a shift past the removed rows). Otherwise each
+    piece's event is looked up by seq.
     """
     from . import _fast_kernel as K
 
@@ -459,12 +460,26 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
     attr = layout.attr if which is None else layout.attr[which]
     if layout.frame_seq is not None:
         n_rec = len(layout.frame_seq)
+        is_rec = sub == 0
+        n_here = int(np.count_nonzero(is_rec))
         # the recorded rows first and the inserted ones appended (apply_mitigation's
         # ordered=False) are a slice: no lookup of the rows, no gather through them
-        appended = n_rec <= len(sub) and not sub[:n_rec].any() and sub[n_rec:].all()
-        recorded = slice(0, n_rec) if appended else np.flatnonzero(sub == 0)
-        if len(seq[recorded]) == n_rec and np.array_equal(seq[recorded], layout.frame_seq):
+        appended = bool(is_rec[:n_here].all())
+        recorded = slice(0, n_here) if appended else np.flatnonzero(is_rec)
+        rec_seq = seq[recorded]
+        gone = None
+        if len(rec_seq) == n_rec and np.array_equal(rec_seq, layout.frame_seq):
+            gone = np.zeros(0, np.int64)
+        elif len(rec_seq) < n_rec:
+            # recorded rows removed (kvm-cache-toggle's set/way operations): rows without pieces
+            # (the layout's checksum covers every event with an address), so each piece's row is
+            # its row in the layout's frame less the removed rows before it, no lookup by seq
+            same, removed = K.removed_rows(layout.frame_seq, rec_seq.astype(layout.frame_seq.dtype, copy=False))
+            gone = removed if same else None
+        if gone is not None:
             pos = layout.pos if which is None else layout.pos[which]
+            if len(gone):
+                pos = K.shifted_past(pos, gone)
             if not appended and len(recorded) != len(seq):  # rows were inserted among them: the recorded ones moved
                 pos = recorded[pos]
             attr = K.retyped(pos, attr, path_code, path_lut, hostc)
