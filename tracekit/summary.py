@@ -32,7 +32,7 @@ class SummaryFigures:
     ``matrix``: ``Comparison.matrix``. ``fixed`` / ``introduced``: per mitigation, how many of
     the baseline's findings it fixes and how many it introduces (empty without the baseline).
     ``first``: per mitigation shown, its first findings; ``first_introduced``: per mitigation,
-    the first it introduces; at most ``shown`` rows each.
+    the first it introduces; at most ``shown`` rows each, string columns as strings.
     """
 
     mitigations: list[str]
@@ -58,7 +58,7 @@ def figures_of(a: "Analysis", *, first: int = 3, baseline: str = "none") -> Summ
     return SummaryFigures(
         a.mitigations, cmp.baseline, cmp.counts, cmp.matrix,
         {m: f.height for m, f in cmp.fixed.items()}, {m: f.height for m, f in cmp.introduced.items()},
-        {m: findings.filter(pl.col("mitigation") == m).head(first)
+        {m: _strings(findings.filter(pl.col("mitigation") == m).head(first))
          for m in _shown_mitigations(a.mitigations, baseline)},
         {m: f.head(first) for m, f in cmp.introduced.items()}, first)
 
@@ -123,17 +123,22 @@ class SummaryTally:
         return SummaryFigures(
             self.mitigations, self.baseline if self._has_base else None, long, wide,
             dict(self._fixed), dict(self._introduced),
-            {m: self._first.get(m, pl.DataFrame()) for m in self.mitigations if m in self._shown},
-            {m: self._first_introduced.get(m, pl.DataFrame()) for m in self._introduced}, self.first)
+            {m: _strings(self._first.get(m, pl.DataFrame())) for m in self.mitigations if m in self._shown},
+            {m: _strings(self._first_introduced.get(m, pl.DataFrame())) for m in self._introduced}, self.first)
 
     def _against_base(self, spec: str, findings: pl.DataFrame) -> None:
-        from .mitigations.compare import differences
+        from .mitigations.compare import differences, unmatched_masks
 
-        fixed, introduced = differences(self._base, findings, self._base_keys)
-        self._fixed[spec] += fixed.height
-        self._introduced[spec] += introduced.height
-        self._first_introduced[spec] = self._earliest(self._first_introduced.get(spec),
-                                                      introduced.head(self.first))
+        masks = unmatched_masks(self._base, findings, self._base_keys)
+        if masks is not None:  # counted, and only the first rows introduced gathered
+            n_fixed, n_introduced = int(masks[0].sum()), int(masks[1].sum())
+            head = findings[masks[1].arg_true().head(self.first)]
+        else:
+            fixed, introduced = differences(self._base, findings, self._base_keys)
+            n_fixed, n_introduced, head = fixed.height, introduced.height, introduced.head(self.first)
+        self._fixed[spec] += n_fixed
+        self._introduced[spec] += n_introduced
+        self._first_introduced[spec] = self._earliest(self._first_introduced.get(spec), head)
 
     def _earliest(self, held: pl.DataFrame | None, more: pl.DataFrame) -> pl.DataFrame:
         """The first rows of two parts' (each already in order)."""

@@ -87,7 +87,7 @@ def analyze(
                                                                   keep_findings=False, tally=tally, **kw),
                                          read=report is not None)
         else:
-            result = run(trace, mitigation, output=output, **kw)
+            result = run(trace, mitigation, output=output, tally=tally, **kw)
     if emit_trace is not None:
         write_transformed(result, emit_trace, force=force)
     if report is not None:

@@ -131,16 +131,26 @@ def differences(base: pl.DataFrame, mine: pl.DataFrame, base_keys: Any = _KEYS_O
 
     ``base_keys``: ``_Keys.of(base)``, when the caller compares several frames with one base.
     """
-    if base_keys is _KEYS_OF_BASE:
-        base_keys = _Keys.of(base)
-    mine_keys = _Keys.of(mine)
-    if base_keys is not None and mine_keys is not None:
-        # both in key order (as analyze writes them): one merge each way, rows stay in order
-        return base.filter(base_keys.unmatched(mine_keys)), mine.filter(mine_keys.unmatched(base_keys))
+    masks = unmatched_masks(base, mine, base_keys)
+    if masks is not None:
+        return base.filter(masks[0]), mine.filter(masks[1])
     key = list(MATCH_KEY)
     # an anti join ignores repeats on its right side: no unique() of millions of keys
     return (base.join(mine.select(key), on=key, how="anti").sort(key),
             mine.join(base.select(key), on=key, how="anti").sort(key))
+
+
+def unmatched_masks(base: pl.DataFrame, mine: pl.DataFrame, base_keys: Any = _KEYS_OF_BASE,
+                    ) -> tuple[pl.Series, pl.Series] | None:
+    """Which rows of ``base`` ``mine`` lacks and which of ``mine`` ``base`` lacks (boolean
+    Series), when both are in key order (as analyze writes them: one merge each way); None
+    otherwise (``differences`` then joins)."""
+    if base_keys is _KEYS_OF_BASE:
+        base_keys = _Keys.of(base)
+    mine_keys = _Keys.of(mine) if base_keys is not None else None
+    if base_keys is None or mine_keys is None:
+        return None
+    return base_keys.unmatched(mine_keys), mine_keys.unmatched(base_keys)
 
 
 def _spans(findings: pl.DataFrame) -> dict[str, tuple[int, int]] | None:
