@@ -118,7 +118,7 @@ class SummaryTally:
         counts = pl.concat(self._counts, how="vertical_relaxed") if self._counts else \
             pl.DataFrame(schema={"mitigation": pl.String, "kind": pl.String, "cause": pl.String, "count": pl.UInt32})
         counts = counts.with_columns(pl.col("mitigation", "kind", "cause").cast(pl.String)).group_by(
-            "mitigation", "kind", "cause", maintain_order=True).agg(pl.col("count").sum())
+            "mitigation", "kind", "cause", maintain_order=True).agg(pl.col("count").cast(pl.Int64).sum())
         long, wide = tabulate(counts, self.mitigations)
         return SummaryFigures(
             self.mitigations, self.baseline if self._has_base else None, long, wide,
