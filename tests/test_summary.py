@@ -78,3 +78,16 @@ def test_a_part_without_the_baseline_is_refused(trace, tmp_path):
     tally.add("mair-trap", found)
     with pytest.raises(ValueError, match="without the baseline 'none'"):
         tally.end_part()
+
+
+def test_a_tally_of_the_reference_engines_findings_is_the_summary_of_them(tmp_path):
+    """The reference engine's findings have string columns (the fast engine's in analyze
+    are Enum/Categorical codes): the tally matches them the same way."""
+    trace = synth(6_000, tmp_path / "t.parquet", seed=5, profile="mixed")
+    specs = ["none", "kvm-cache-toggle", "mair-trap"]
+    tally = SummaryTally(specs)
+    P.replay_partitioned(trace, tmp_path / "f.parquet", specs, parts=3, tally=tally, engine="reference")
+    tallied = analysis.load_analysis(tmp_path / "f.parquet", lazy=True)
+    tallied.summary_figures = tally.figures()
+    read = _read_whole(tmp_path / "f.parquet")
+    assert tallied.summary() == read.summary() and "against none" in read.summary()
