@@ -414,3 +414,20 @@ def test_inserted_events_of_both_runs_are_cut_in_rank_order():
     assert not loose.equals(ordered)  # the case at hand: rows out of order
     fast.clear_cache()
     assert_frame_equal(fast.replay(loose, minfo, mitigation=spec), reference.replay(ordered, minfo, mitigation=spec))
+
+
+def test_the_scans_compiled_code_formats_no_strings():
+    """Regression (cold start): growing the output by a 2-D slice assignment made numba compile
+    its shape check's error message, and with it its string machinery (str, repr, join: 3.4 s
+    of a first run's 12.9), into the scan. Compiled afresh (the cached code cannot be
+    inspected), the scan must hold none of it."""
+    import numba
+    import numpy as np
+
+    from tracekit.engine import _fast_kernel as K
+
+    fresh = numba.njit(cache=False)(K.scan.py_func)
+    u64, i64 = np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    assert fresh(u64, i64, u64, i64, i64, i64, 0, 64, False).shape == (0, K.NCOL)
+    ir = fresh.inspect_llvm(fresh.signatures[0])
+    assert "unicode" not in ir and "raise_with_shape_context" not in ir
