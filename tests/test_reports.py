@@ -430,7 +430,6 @@ def test_fixes_and_introduces_against_none(analysis):
     assert re.search(r"^demo-fix +2 +10 +100 +5 +73 +0$", cost, re.M)
 
 
-
 def test_the_summary_and_a_report_of_one_analysis_compare_once(monkeypatch):
     """The command prints the summary and writes the report from one Analysis: both need each
     mitigation's findings fixed and introduced against none, which on the 10 M catalog's 14 M

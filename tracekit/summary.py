@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING, Sequence
 import polars as pl
 
 from .findings import CAUSE_TITLES, explain
+from .mitigations.compare import MATCH_KEY
+from .schema import FINDINGS_SCHEMA, conform
 
 if TYPE_CHECKING:
     from .analyze import Analysis
-
-#: Order of the findings within a mitigation, as analyze writes them (kind and cause sort as
-#: their strings do, Enums and strings alike).
-_ORDER = ["seq", "line", "kind", "cause"]
-
 
 @dataclass
 class SummaryFigures:
@@ -88,10 +85,9 @@ class SummaryTally:
 
     def add(self, spec: str, findings: pl.DataFrame) -> None:
         """One mitigation's findings in the current part."""
-        from .mitigations.compare import _Keys
+        from .mitigations.compare import _Keys, counts_of
 
-        self._counts.append(findings.group_by("kind", "cause").agg(count=pl.len())
-                            .select(pl.lit(spec, dtype=pl.String).alias("mitigation"), "kind", "cause", "count"))
+        self._counts.append(counts_of(findings, spec))
         if spec in self._shown:
             self._first[spec] = self._earliest(self._first.get(spec), findings.head(self.first))
         if not self._has_base:
@@ -146,13 +142,15 @@ class SummaryTally:
             return more
         if more.height == 0:
             return held
+        # the order analyze writes a mitigation's findings in is the match key's (kind and cause
+        # sort as their strings do)
         both = pl.concat([_strings(held), _strings(more)], how="vertical_relaxed")
-        return both.sort(_ORDER, maintain_order=True).head(self.first)
+        return both.sort(list(MATCH_KEY), maintain_order=True).head(self.first)
 
 
-def _strings(df: pl.DataFrame) -> pl.DataFrame:
-    return df.with_columns(pl.col(c).cast(pl.String) for c, t in df.schema.items()
-                           if isinstance(t, (pl.Categorical, pl.Enum)))
+def _strings(findings: pl.DataFrame) -> pl.DataFrame:
+    """Findings rows with string columns (findings-v1), whichever form they came in."""
+    return conform(findings, FINDINGS_SCHEMA)
 
 
 def summary_text(a: "Analysis", figures: SummaryFigures, *, first: int = 3) -> str:

@@ -594,9 +594,6 @@ def shifted_past(pos, gone):
     """``pos`` less, for each, the number of ``gone`` rows (ascending) before it: the rows they
     have once those are removed."""
     out = np.empty(pos.shape[0], np.int64)
-    if gone.shape[0] == 0:
-        out[:] = pos
-        return out
     for k in range(pos.shape[0]):
         out[k] = pos[k] - _first_at_least(gone, 0, pos[k])
     return out

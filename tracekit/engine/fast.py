@@ -467,16 +467,12 @@ def _kept_pieces(events: pl.DataFrame, layout: _Layout, which: np.ndarray | None
         appended = bool(is_rec[:n_here].all())
         recorded = slice(0, n_here) if appended else np.flatnonzero(is_rec)
         rec_seq = seq[recorded]
-        gone = None
-        if len(rec_seq) == n_rec and np.array_equal(rec_seq, layout.frame_seq):
-            gone = np.zeros(0, np.int64)
-        elif len(rec_seq) < n_rec:
-            # recorded rows removed (kvm-cache-toggle's set/way operations): rows without pieces
-            # (the layout's checksum covers every event with an address), so each piece's row is
-            # its row in the layout's frame less the removed rows before it, no lookup by seq
-            same, removed = K.removed_rows(layout.frame_seq, rec_seq.astype(layout.frame_seq.dtype, copy=False))
-            gone = removed if same else None
-        if gone is not None:
+        # the layout frame's recorded rows, or those less some (kvm-cache-toggle removes the
+        # set/way operations): rows without pieces (the layout's checksum covers every event with
+        # an address), so each piece's row is its row in the layout's frame less the removed rows
+        # before it, no lookup by seq
+        same, gone = K.removed_rows(layout.frame_seq, rec_seq) if len(rec_seq) <= n_rec else (False, None)
+        if same:
             pos = layout.pos if which is None else layout.pos[which]
             if len(gone):
                 pos = K.shifted_past(pos, gone)

@@ -75,9 +75,7 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
         findings["mitigation"].cast(pl.String).unique(maintain_order=True).to_list()
     spans = _spans(findings)
     if spans:  # each mitigation's rows in one run (as analyze writes them): counted run by run
-        counts = pl.concat([findings.slice(*at).group_by("kind", "cause").agg(count=pl.len())
-                            .select(pl.lit(m, dtype=pl.String).alias("mitigation"), "kind", "cause", "count")
-                            for m, at in spans.items()], how="vertical_relaxed")
+        counts = pl.concat([counts_of(findings.slice(*at), m) for m, at in spans.items()], how="vertical_relaxed")
     else:
         counts = findings.group_by("mitigation", "kind", "cause").agg(count=pl.len())
     long, wide = tabulate(counts, order)
@@ -97,6 +95,12 @@ def compare(findings: pl.DataFrame, mitigations: Sequence[str] | None = None, *,
             gone, new = differences(base, mine, base_keys)
             fixed[m], introduced[m] = _strings(gone), _strings(new)
     return Comparison(order, baseline if has_base else None, long, wide, fixed, introduced)
+
+
+def counts_of(findings: pl.DataFrame, mitigation: str) -> pl.DataFrame:
+    """One mitigation's findings counted per (kind, cause): mitigation, kind, cause, count."""
+    return (findings.group_by("kind", "cause").agg(count=pl.len())
+            .select(pl.lit(mitigation, dtype=pl.String).alias("mitigation"), "kind", "cause", "count"))
 
 
 def tabulate(counts: pl.DataFrame, order: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
