@@ -264,9 +264,7 @@ def analyze(
         # the fast engine replays a frame with its inserted events appended (cheaper than merging them)
         ordered = engine != "fast" or keep_transformed
         concurrent = engine == "fast" and len(specs) > 1
-        # findings let go (memory is short): one mitigation applied ahead, not three
         at_once = _REPLAYS if replays is None else replays
-        ahead = _AHEAD if keep_findings else _AHEAD_ON_DISK
         for spec in progress(specs, desc=f"{tr.source}: replay", unit="mitigation", quiet=quiet):
             mitigated, minfo, cost = apply_mitigation(resolved, spec, info, ordered=ordered)
             costs[spec] = cost
@@ -279,7 +277,7 @@ def analyze(
             del mitigated
             # while the first replay runs alone, up to _AHEAD more mitigations are applied
             # meanwhile (their frames share the resolved frame's columns); then one at a time
-            pump(block=not (started == 1 and pending and len(ready) < ahead))
+            pump(block=not (started == 1 and pending and len(ready) < _AHEAD))
         pump(block=True)
         while pending:
             done(*pending.popleft().result())
@@ -311,13 +309,13 @@ def analyze(
 #: Replays of one trace's mitigations run at once by the fast engine (after the first), unless
 #: ``replays`` says otherwise.
 _REPLAYS = 2
-#: Mitigations applied ahead while the first replay runs alone (frames held at once).
+#: Mitigations applied ahead while the first replay runs alone (frames held at once), whether
+#: the findings are kept or not. The frames are cheap (they share the resolved frame's unchanged
+#: columns) and that core would otherwise wait: the catalog of 10 M events with one replay at a
+#: time (the command's serial plan) took 19.6-20.5 s applying three ahead, 20.2-21.7 s applying
+#: one, at the same peak (4.9-5.2 GB); the heaviest mitigations first (none, kvm-cache-toggle,
+#: kvm-fault-clean, host-uncached, guest-dma-cmo) 4.33-4.37 -> 4.51-4.57 GB.
 _AHEAD = 3
-#: The same with keep_findings=False, where memory is what is short: the next mitigation applied
-#: while the others run. The catalog of 10 M events (the command, with its summary): two replays
-#: at once 24.0-28.2 s, 5.29-5.63 GiB; one at a time (``replays=1``) 27.4-30.4 s, 4.81-4.95 GiB;
-#: one at a time with nothing ahead: 38 s (an earlier, slower engine).
-_AHEAD_ON_DISK = 1
 
 
 def _meta(tr, info: TraceInfo, speculation: str, engine: str, specs: list[str], costs: dict) -> dict[str, Any]:
