@@ -233,6 +233,51 @@ def test_interval_union_merges_overlapping_and_adjacent_runs():
     assert got == [(1, 0, 5), (1, 10, 11), (2, 2, 2)]
 
 
+def _lines_by_set(addr: list[int], size: list[int], line_size: int) -> int:
+    """The obviously right count: every line of every event in one set."""
+    return len({line for a, n in zip(addr, size) for line in range(a // line_size, (a + max(n, 1) - 1) // line_size + 1)})
+
+
+@pytest.mark.parametrize("case", [
+    "empty", "one", "overlapping", "adjacent", "random", "spread-beyond-the-table", "long-over-and-over"])
+def test_distinct_lines_counts_each_line_once_by_marking_or_by_merging(case, monkeypatch):
+    """The lines ``ram.civac`` and whole-cache operations cover (their cost): marked in a table
+    when the lines lie close, merged sorted otherwise; both count every line once."""
+    import random
+
+    from tracekit.mitigations import base
+
+    rng = random.Random(7)
+    addr, size = {
+        "empty": ([], []),
+        "one": ([0x1000], [8]),
+        "overlapping": ([0x1000, 0x1010, 0x1038, 0x1000], [64, 200, 16, 1]),
+        "adjacent": ([0x40, 0x80, 0x100], [64, 64, 64]),
+        "random": ([0x4000_0000 + rng.randrange(1 << 20) for _ in range(2000)],
+                   [rng.choice([1, 4, 8, 64, 100, 4096]) for _ in range(2000)]),
+        # lines 2^40 apart: a table that long is out of the question, the intervals are merged
+        "spread-beyond-the-table": ([0x1000, 1 << 46, (1 << 46) + 32], [8, 64, 64]),
+        # one 16 MiB interval 64 times: more marks than 8 per event plus the span, merged instead
+        "long-over-and-over": ([0x4000_0000] * 64, [16 << 20] * 64),
+    }[case]
+    marked = []
+    real = None
+    if case in ("spread-beyond-the-table", "long-over-and-over", "random"):
+        from tracekit.mitigations import _lines_kernel
+
+        real = _lines_kernel.marked_lines
+        monkeypatch.setattr(_lines_kernel, "marked_lines", lambda *a: marked.append(r := real(*a)) or r)
+    frame = pl.LazyFrame({"addr": addr, "size": size, "op": ["write"] * len(addr), "cmo": [None] * len(addr)},
+                         schema={"addr": pl.UInt64, "size": pl.UInt64, "op": pl.String, "cmo": pl.String})
+    assert base._distinct_lines(frame, 64) == _lines_by_set(addr, size, 64)
+    if case == "random":
+        assert marked and marked[0] >= 0  # counted by marking
+    if case == "spread-beyond-the-table":
+        assert marked == []  # never tried: the span is too long
+    if case == "long-over-and-over":
+        assert marked == [-1]  # tried, gave up past the marks allowed, merged
+
+
 # --------------------------------------------------------------------------
 # Comparison
 
