@@ -397,6 +397,13 @@ def _owned(findings: pl.DataFrame, p: int, owners: Owners) -> pl.DataFrame:
     return findings.filter(pl.Series(owners.of(block) == p))
 
 
+def _most_first(item: tuple[tuple[str | None, str | None], int]) -> tuple:
+    """Retyped (from, to) -> count entries as ``mitigation_cost`` orders them: count descending,
+    then from and to by name, a missing type last."""
+    (a, b), count = item
+    return -count, a is None, a or "", b is None, b or ""
+
+
 def _add_cost(total: dict[str, Any], c: dict[str, Any], sign: int) -> None:
     for k, v in c.get("traps", {}).items():
         total["traps"][k] = total["traps"].get(k, 0) + sign * v
@@ -497,7 +504,9 @@ def replay_partitioned(
         buckets.close()
         costs = {}
         for s, t in totals.items():
-            t["retyped"] = [{"from": a, "to": b, "count": c} for (a, b), c in sorted(t.pop("_retyped").items()) if c]
+            # in the order a whole run lists them (mitigation_cost): most first, then by name
+            t["retyped"] = [{"from": a, "to": b, "count": c} for (a, b), c in
+                            sorted(t.pop("_retyped").items(), key=_most_first) if c]
             t["traps"] = {k: v for k, v in t["traps"].items() if v}
             costs[s] = MitigationCost.from_dict(t).to_dict()
         meta = {
