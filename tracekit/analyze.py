@@ -174,8 +174,9 @@ def analyze(
         end (``force``: replace an existing one).
     keep_findings
         False (needs ``output``): each mitigation's findings go to the file and are not held
-        beside the trace, and one mitigation is replayed at a time (the next one applied
-        meanwhile); once the trace is let go, the Analysis is read back from the file.
+        beside the trace (``replays`` of them replayed at once, the next one applied meanwhile,
+        three while the first replays alone); once the trace is let go, the Analysis is read
+        back from the file.
         The peak is then one mitigation's, not the whole catalog's findings on top of the
         trace (the CLI does this when a trace fits its memory budget but that would not).
     replays

@@ -129,9 +129,9 @@ def memory_plan(trace_path: str | os.PathLike[str], budget_bytes: int,
     ``whole``: in memory, the mitigations replayed two at a time and every finding kept.
     ``findings-on-disk``: in memory, two at a time, each one's findings written and let go
     (the summary tallied on the way; a report reads them back at the end). The catalog of
-    10 M events with the summary: 21-23 s in a quiet hour, where partitioning took 78-89 s.
-    ``findings-on-disk-serial``: the same one mitigation at a time (21-22 s, 0.5-0.7 GiB
-    less). ``partitioned``: part by part (``replay_partitioned``).
+    10 M events with the summary: 18.8-19.8 s in a fairly quiet hour, where partitioning took
+    78-89 s. ``findings-on-disk-serial``: the same one mitigation at a time (19.8-20.2 s,
+    0.7-0.9 GiB less). ``partitioned``: part by part (``replay_partitioned``).
     A path that is not a readable Parquet file is ``whole``: loading it reports what is wrong.
     """
     try:
