@@ -20,10 +20,12 @@ anchor end-of-trace insertions after it).
    seq, so a range is read from every part with predicate push-down, sorted and
    appended, mitigation by mitigation, as ``analyze`` orders them.
 
-The findings are those of the whole trace. Costs are summed over parts minus
-(parts - 1) times the costs of the global events alone: traps and removed
-operations come out exact; inserted operations and lines and retyped accesses
-count an event that crosses parts once per part (an approximation).
+The findings are those of the whole trace. So are the costs but one: each part counts
+what it owns (``_PartCost``: a retyped access or an inserted operation by its first line, a
+line where it lies, a whole-RAM clean's lines where they lie), and what the global events
+cost in every part is taken out once per part but one. guest-boot-inval's operation count
+stays approximate: it merges neighbouring lines into one DC IVAC, and a part boundary cuts
+the range (its lines are exact).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -397,6 +399,93 @@ def _owned(findings: pl.DataFrame, p: int, owners: Owners) -> pl.DataFrame:
     return findings.filter(pl.Series(owners.of(block) == p))
 
 
+class _PartCost:
+    """What one part adds to its run's cost (``MitigationCost.to_dict``), counted so that the
+    parts add up to the whole trace's cost: an event or inserted operation on lines of several
+    parts counts in the part that owns its first line, a line in the part that owns it.
+
+    ``owned``: block numbers (address >> ``shift``) -> whether this part owns them (none, for
+    the global events alone: what they cost in every part is taken out once per part but one).
+    What the part owns of its resolved frame is worked out once for all its mitigations.
+    What stays approximate: an operation a mitigation makes by merging neighbouring lines
+    (guest-boot-inval's DC IVAC ranges) is cut where a part's lines end, and counts once per piece.
+    """
+
+    def __init__(self, before: pl.DataFrame, info: TraceInfo, owned: Callable[[np.ndarray], np.ndarray],
+                 shift: int):
+        self.before, self.ls, self.owned, self.shift = before, info.line_size, owned, shift
+        self._counted: pl.Series | None = None  # the typed accesses whose first line the part owns
+        self._touched: dict[bool, int] = {}
+
+    def owned_rows(self, frame: pl.DataFrame) -> pl.Series:
+        """Rows with an address whose first line this part owns."""
+        addr = frame["addr"]
+        block = addr.fill_null(0).to_numpy().astype(np.uint64, copy=False) >> np.uint64(self.shift)
+        return pl.Series(self.owned(block) & addr.is_not_null().to_numpy())
+
+    def owned_lines(self, lines: pl.DataFrame, distinct: bool) -> int:
+        """Lines of the [_lo, _hi] line ranges that this part owns (``distinct``: each once)."""
+        if lines.height == 0:
+            return 0
+        each = lines.select(_line=pl.int_ranges("_lo", pl.col("_hi") + 1)).explode("_line")["_line"]
+        if distinct:
+            each = each.unique()
+        per_block = np.uint64(self.shift - (self.ls.bit_length() - 1))  # log2 of the lines in a block
+        return int(self.owned(each.to_numpy().astype(np.uint64) >> per_block).sum())
+
+    def touched(self, ram: bool) -> int:
+        """Owned lines the recorded trace's addressed events touch (of RAM regions only: ``ram``)."""
+        from .mitigations.base import first_line, last_line, recorded
+
+        if ram not in self._touched:
+            events = self.before.filter(recorded() & pl.col("addr").is_not_null())
+            if ram:
+                events = events.filter((pl.col("region_kind") == "ram").fill_null(True))
+            self._touched[ram] = self.owned_lines(events.select(_lo=first_line(self.ls), _hi=last_line(self.ls)),
+                                                  distinct=True)
+        return self._touched[ram]
+
+    def __call__(self, after: pl.DataFrame, traps: dict[str, int]) -> dict[str, Any]:
+        from .mitigations.base import first_line, is_typed_access, last_line
+
+        before, ls = self.before, self.ls
+        inserted = after.select("sub", "op", "cmo", "addr", "size").filter(pl.col("sub") != 0)
+        by_addr = inserted.filter(pl.col("addr").is_not_null())
+        whole = inserted.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
+        lines = self.owned_lines(by_addr.select(_lo=first_line(ls), _hi=last_line(ls)), distinct=False)
+        n_ram = int((whole["cmo"] == "ram.civac").sum()) if whole.height else 0
+        if n_ram:  # a whole-RAM clean covers every RAM line the trace touches
+            lines += n_ram * self.touched(ram=True)
+        if whole.height - n_ram:  # any other whole-cache operation: every line the trace touches
+            lines += (whole.height - n_ram) * self.touched(ram=False)
+        # retyped: the owned accesses of the part's trace, matched by seq to what the mitigation kept
+        if self._counted is None:
+            self._counted = before.select(is_typed_access()).to_series() & self.owned_rows(before)
+        kept = after.select("seq", "sub", _to=pl.col("mem_type")).filter(pl.col("sub") == 0)
+        was = before.select("seq", _from=pl.col("mem_type"))
+        if kept.height == was.height and kept["seq"].equals(was["seq"]):
+            # the usual case: the mitigation kept every recorded row, in order (no join)
+            changed = was.with_columns(kept["_to"]).filter(self._counted)
+        else:
+            changed = was.filter(self._counted).join(kept, on="seq", how="inner")
+        re = (changed.filter(pl.col("_from").ne_missing(pl.col("_to")))
+              .group_by("_from", "_to").len()
+              .with_columns(pl.col("_from").cast(pl.String), pl.col("_to").cast(pl.String)))
+        retyped = [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
+        return {
+            "traps": dict(traps),
+            "inserted_ops": inserted.height - by_addr.height + int(self.owned_rows(by_addr).sum()),
+            "inserted_lines": lines,
+            "retyped_accesses": sum(r["count"] for r in retyped),
+            "retyped": retyped,
+            "removed_ops": before.height - (after.height - inserted.height),
+        }
+
+
+def _nothing_owned(block: np.ndarray) -> np.ndarray:
+    return np.zeros(len(block), np.bool_)
+
+
 def _most_first(item: tuple[tuple[str | None, str | None], int]) -> tuple:
     """Retyped (from, to) -> count entries as ``mitigation_cost`` orders them: count descending,
     then from and to by name, a missing type last."""
@@ -477,9 +566,11 @@ def replay_partitioned(
         totals = {s: {"traps": {}, "_retyped": {}} for s in specs}
         # the global events alone: their costs are counted once per part
         g_resolved = resolve(pl.concat([glob, last]).unique("seq").sort("seq"), info)
+        part_cost = _PartCost(g_resolved, info, _nothing_owned, owners.shift)
         for s in specs:
-            _add_cost(totals[s], apply_mitigation(g_resolved, s, info)[2].to_dict(), -(parts - 1))
-        del g_resolved
+            g_mitigated, _, g_cost = apply_mitigation(g_resolved, s, info, cost=False)
+            _add_cost(totals[s], part_cost(g_mitigated, g_cost.traps), -(parts - 1))
+        del g_resolved, g_mitigated, part_cost
         # findings go to buckets of seq ranges (one Arrow IPC writer per mitigation and bucket), so
         # the output is assembled one bucket at a time, whatever the number of parts
         top = int(pq.ParquetFile(trace_path).metadata.num_rows)
@@ -487,11 +578,12 @@ def replay_partitioned(
         buckets = _Buckets(tmp, width)
         for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
             resolved = resolve(_part_frame(tmp, p, glob, last), info)
+            part_cost = _PartCost(resolved, info, lambda block, p=p: owners.of(block) == p, owners.shift)
             # the fast engine replays each later mitigation of this part only on the lines it changes
             part_of_trace = {"same_trace": object()} if engine == "fast" and len(specs) > 1 else {}
             for m, s in enumerate(specs):
-                mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast")
-                _add_cost(totals[s], cost.to_dict(), +1)
+                mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast", cost=False)
+                _add_cost(totals[s], part_cost(mitigated, cost.traps), +1)
                 found = _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation, **part_of_trace),
                                p, owners)
                 buckets.add(m, found)
@@ -500,7 +592,7 @@ def replay_partitioned(
                 del mitigated, found
             if tally is not None:
                 tally.end_part()
-            del resolved
+            del resolved, part_cost
         buckets.close()
         costs = {}
         for s, t in totals.items():

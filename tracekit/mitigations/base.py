@@ -751,8 +751,8 @@ def _conform_like(frame: pl.DataFrame, schema: pl.Schema, name: str) -> pl.DataF
         raise MitigationError(f"mitigation {name!r}: expected the frame's column types, found: {e}") from None
 
 
-def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, ordered: bool = True
-                     ) -> tuple[pl.DataFrame, TraceInfo, MitigationCost]:
+def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, ordered: bool = True,
+                     cost: bool = True) -> tuple[pl.DataFrame, TraceInfo, MitigationCost]:
     """Apply ``spec`` (``none``, ``a``, ``a+b``...) to a resolved frame, left to right.
 
     Returns the transformed frame sorted by (seq, sub), the trace settings the
@@ -763,6 +763,9 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
     straight to the fast engine, which replays it by each event's rank: putting
     every column of a 10 M-event trace in order costs 1-3 s per mitigation. A
     mitigation always receives an ordered frame.
+
+    ``cost=False``: the cost holds the traps only (a partitioned run counts the rest itself,
+    part by part: ``partition._PartCost``).
     """
     names = parse_spec(spec)
     resolved = collect(resolved)
@@ -790,6 +793,8 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
         info = new_info
     if ordered and not _ordered(frame):
         frame = frame.sort("seq", "sub", maintain_order=True)
+    if not cost:
+        return frame, info, MitigationCost(traps={k: int(v) for k, v in sorted(traps.items()) if v})
     return frame, info, mitigation_cost(resolved, frame, info, traps)
 
 
