@@ -23,9 +23,11 @@ anchor end-of-trace insertions after it).
 The findings are those of the whole trace. So are the costs but one: each part counts
 what it owns (``_PartCost``: a retyped access or an inserted operation by its first line, a
 line where it lies, a whole-RAM clean's lines where they lie), and what the global events
-cost in every part is taken out once per part but one. guest-boot-inval's operation count
-stays approximate: it merges neighbouring lines into one DC IVAC, and a part boundary cuts
-the range (its lines are exact).
+cost in every part is taken out once per part but one. Two figures stay approximate:
+guest-boot-inval's operation count (it merges neighbouring lines into one DC IVAC, and a
+part boundary cuts the range; its lines are exact), and traps a mitigation counts on lines
+(kvm-fault-clean's stage-2 faults: a page-crossing access held by two parts counts its pages
+in both).
 """
 
 from __future__ import annotations
