@@ -99,6 +99,33 @@ def test_events_spanning_lines_reach_every_owner(tmp_path, monkeypatch):
     assert meta["partition"]["events"] == len(rows)
 
 
+@pytest.mark.parametrize("parts", [2, 5, 11])
+def test_costs_of_accesses_across_pages_count_once(tmp_path, parts):
+    """Accesses crossing page boundaries are held by every part owning one of their pages: the
+    costs still count each access, operation, line and stage-2 fault once (the part owning it;
+    kvm-fault-clean counts the pages its part owns through ``MitigationContext.owns``)."""
+    from tracekit.model import Region, TraceInfo
+    from tracekit.schema import TRACE_SCHEMA, write_table
+    from strategies import events_frame
+
+    rows = [dict(agent="guest", op="sysreg", sysreg="MAIR_EL1", value=0xFF),
+            dict(agent="guest", op="sysreg", sysreg="SCTLR_EL1", value=0x1005),
+            dict(agent="guest", op="write", addr=0x4000_0FFC, size=8, attr_index=0),
+            dict(agent="guest", op="write", addr=0x4000_2000, size=0x3000, attr_index=0),
+            dict(agent="host", op="read", addr=0x4000_0FF8, size=16, attr="nc"),
+            dict(agent="guest", op="cmo", cmo="dc.civac", addr=0x4000_3000, size=0x1000),
+            dict(agent="guest", op="read", addr=0x4000_1000, size=8, attr_index=0),
+            dict(agent="host", op="read", addr=0x4000_2FC0, size=0x1080, attr="nc")]
+    info = TraceInfo(regions=(Region.make("ram", 0x4000_0000, 1 << 20),))
+    path = write_table(events_frame(rows), tmp_path / "t.parquet", schema=TRACE_SCHEMA, info=info)
+    specs = ["none", "kvm-fault-clean", "guest-dma-cmo", "host-cmo", "kvm-cache-toggle", "s2fwb"]
+    meta = P.replay_partitioned(path, tmp_path / "f.parquet", specs, parts=parts)
+    whole = analyze(path, specs)
+    assert whole.costs["kvm-fault-clean"].traps == {"stage-2 fault": 5}
+    for s in specs:
+        assert meta["costs"][s] == whole.costs[s].to_dict(), s
+
+
 def test_should_partition_compares_the_estimate_with_the_budget(trace):
     assert P.should_partition(trace, 1 << 20)
     assert not P.should_partition(trace, 1 << 40)

@@ -23,11 +23,10 @@ anchor end-of-trace insertions after it).
 The findings are those of the whole trace. So are the costs but one: each part counts
 what it owns (``_PartCost``: a retyped access or an inserted operation by its first line, a
 line where it lies, a whole-RAM clean's lines where they lie), and what the global events
-cost in every part is taken out once per part but one. Two figures stay approximate:
+cost in every part is taken out once per part but one; traps counted per page (kvm-fault-clean)
+count the part's own pages (``MitigationContext.owns``). One figure stays approximate:
 guest-boot-inval's operation count (it merges neighbouring lines into one DC IVAC, and a
-part boundary cuts the range; its lines are exact), and traps a mitigation counts on lines
-(kvm-fault-clean's stage-2 faults: a page-crossing access held by two parts counts its pages
-in both).
+part boundary cuts the range; its lines are exact).
 """
 
 from __future__ import annotations
@@ -570,7 +569,7 @@ def replay_partitioned(
         g_resolved = resolve(pl.concat([glob, last]).unique("seq").sort("seq"), info)
         part_cost = _PartCost(g_resolved, info, _nothing_owned, owners.shift)
         for s in specs:
-            g_mitigated, _, g_cost = apply_mitigation(g_resolved, s, info, cost=False)
+            g_mitigated, _, g_cost = apply_mitigation(g_resolved, s, info, cost=False, owns=_nothing_owned)
             _add_cost(totals[s], part_cost(g_mitigated, g_cost.traps), -(parts - 1))
         del g_resolved, g_mitigated, part_cost
         # findings go to buckets of seq ranges (one Arrow IPC writer per mitigation and bucket), so
@@ -580,11 +579,18 @@ def replay_partitioned(
         buckets = _Buckets(tmp, width)
         for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
             resolved = resolve(_part_frame(tmp, p, glob, last), info)
-            part_cost = _PartCost(resolved, info, lambda block, p=p: owners.of(block) == p, owners.shift)
+            def owned(block: np.ndarray, p: int = p) -> np.ndarray:
+                return owners.of(block) == p
+
+            def owns(addr: np.ndarray, p: int = p) -> np.ndarray:
+                return owners.of(addr >> np.uint64(owners.shift)) == p
+
+            part_cost = _PartCost(resolved, info, owned, owners.shift)
             # the fast engine replays each later mitigation of this part only on the lines it changes
             part_of_trace = {"same_trace": object()} if engine == "fast" and len(specs) > 1 else {}
             for m, s in enumerate(specs):
-                mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast", cost=False)
+                mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast", cost=False,
+                                                          owns=owns)
                 _add_cost(totals[s], part_cost(mitigated, cost.traps), +1)
                 found = _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation, **part_of_trace),
                                p, owners)

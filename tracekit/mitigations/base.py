@@ -103,7 +103,9 @@ class MitigationContext:
 
     ``info`` is the trace settings *after* this mitigation's own settings change
     (``s2fwb`` sets ``fwb``; ``host-uncached`` maps shared regions Non-cacheable);
-    ``info_before`` the settings it found.
+    ``info_before`` the settings it found. ``owns``: in a partitioned run, which addresses
+    lie on lines this part owns (numpy uint64 addresses -> bool); traps counted per line or
+    page count only those, so that the parts add up (None: the whole trace).
     """
 
     info: TraceInfo
@@ -112,6 +114,7 @@ class MitigationContext:
     spec: str = ""  # the whole combination, e.g. "kvm-cache-toggle+guest-boot-inval"
     name: str = ""  # this mitigation's name
     info_before: TraceInfo | None = None
+    owns: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property
     def line_size(self) -> int:
@@ -752,7 +755,8 @@ def _conform_like(frame: pl.DataFrame, schema: pl.Schema, name: str) -> pl.DataF
 
 
 def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, ordered: bool = True,
-                     cost: bool = True) -> tuple[pl.DataFrame, TraceInfo, MitigationCost]:
+                     cost: bool = True, owns: Callable[[np.ndarray], np.ndarray] | None = None
+                     ) -> tuple[pl.DataFrame, TraceInfo, MitigationCost]:
     """Apply ``spec`` (``none``, ``a``, ``a+b``...) to a resolved frame, left to right.
 
     Returns the transformed frame sorted by (seq, sub), the trace settings the
@@ -765,7 +769,7 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
     mitigation always receives an ordered frame.
 
     ``cost=False``: the cost holds the traps only (a partitioned run counts the rest itself,
-    part by part: ``partition._PartCost``).
+    part by part: ``partition._PartCost``); ``owns``: see ``MitigationContext``.
     """
     names = parse_spec(spec)
     resolved = collect(resolved)
@@ -781,7 +785,8 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
     for k, name in enumerate(names, 1):
         m = get_mitigation(name)
         new_info = m.update_info(info) if m.update_info else info
-        ctx = MitigationContext(info=new_info, k=k, n=len(names), spec=canonical, name=name, info_before=info)
+        ctx = MitigationContext(info=new_info, k=k, n=len(names), spec=canonical, name=name, info_before=info,
+                                owns=owns)
         if m.traps is not None:
             traps.update({str(t): int(c) for t, c in dict(m.traps(frame, ctx)).items()})
         token = _MERGE_INSERTED.set(False) if not ordered and m.builtin and k == len(names) else None

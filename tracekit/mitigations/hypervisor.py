@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import numpy as np
 import polars as pl
 
 from ..model import MAIR_BYTE_TYPE, SCTLR_C, SCTLR_M, SET_WAY_OPS, TraceInfo
@@ -219,9 +220,11 @@ def kvm_fault_clean(frame: Frame, ctx: MitigationContext) -> pl.LazyFrame:
 
 
 def kvm_fault_clean_traps(frame: Frame, ctx: MitigationContext) -> dict[str, int]:
-    """One stage-2 fault per RAM page the guest touches."""
-    n = first_touches(frame).select(pl.len()).collect().item()
-    return {"stage-2 fault": int(n)}
+    """One stage-2 fault per RAM page the guest touches (in a partitioned run, per page the part owns)."""
+    if ctx.owns is None:
+        return {"stage-2 fault": int(first_touches(frame).select(pl.len()).collect().item())}
+    pages = first_touches(frame).select("page").collect()["page"].to_numpy().astype(np.uint64)
+    return {"stage-2 fault": int(ctx.owns(pages * np.uint64(PAGE)).sum())}
 
 
 # --------------------------------------------------------------------------
