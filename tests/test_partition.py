@@ -71,22 +71,30 @@ def test_partitioned_costs_add_up_to_the_whole_runs(tmp_path, profile):
                 assert value == want[field], (profile, s, field)
 
 
-def test_events_spanning_lines_reach_every_owner(tmp_path, monkeypatch):
-    """Accesses and maintenance ranges crossing lines (and pages) owned by different parts are replayed
-    in each part for the lines it owns (H1 on both sides of a page boundary)."""
+#: Accesses and maintenance crossing lines and pages (events 2, 3, 4, 6), in a 1 MiB RAM region.
+CROSSING_ROWS = [dict(agent="guest", op="sysreg", sysreg="MAIR_EL1", value=0xFF),
+                 dict(agent="guest", op="sysreg", sysreg="SCTLR_EL1", value=0x1005),
+                 dict(agent="guest", op="write", addr=0x4000_0FFC, size=8, attr_index=0),
+                 dict(agent="guest", op="write", addr=0x4000_2000, size=0x3000, attr_index=0),
+                 dict(agent="host", op="read", addr=0x4000_0FF8, size=16, attr="nc"),
+                 dict(agent="guest", op="cmo", cmo="dc.civac", addr=0x4000_3000, size=0x1000),
+                 dict(agent="host", op="read", addr=0x4000_2FC0, size=0x1080, attr="nc")]
+
+
+def _crossing_trace(tmp_path, rows):
     from tracekit.model import Region, TraceInfo
     from tracekit.schema import TRACE_SCHEMA, write_table
     from strategies import events_frame
 
-    rows = [dict(agent="guest", op="sysreg", sysreg="MAIR_EL1", value=0xFF),
-            dict(agent="guest", op="sysreg", sysreg="SCTLR_EL1", value=0x1005),
-            dict(agent="guest", op="write", addr=0x4000_0FFC, size=8, attr_index=0),
-            dict(agent="guest", op="write", addr=0x4000_2000, size=0x3000, attr_index=0),
-            dict(agent="host", op="read", addr=0x4000_0FF8, size=16, attr="nc"),
-            dict(agent="guest", op="cmo", cmo="dc.civac", addr=0x4000_3000, size=0x1000),
-            dict(agent="host", op="read", addr=0x4000_2FC0, size=0x1080, attr="nc")]
     info = TraceInfo(regions=(Region.make("ram", 0x4000_0000, 1 << 20),))
-    path = write_table(events_frame(rows), tmp_path / "t.parquet", schema=TRACE_SCHEMA, info=info)
+    return write_table(events_frame(rows), tmp_path / "t.parquet", schema=TRACE_SCHEMA, info=info)
+
+
+def test_events_spanning_lines_reach_every_owner(tmp_path, monkeypatch):
+    """Accesses and maintenance ranges crossing lines (and pages) owned by different parts are replayed
+    in each part for the lines it owns (H1 on both sides of a page boundary)."""
+    rows = CROSSING_ROWS
+    path = _crossing_trace(tmp_path, rows)
     meta = P.replay_partitioned(path, tmp_path / "f.parquet", ["none"], parts=11)
     assert meta["partition"]["parts"] == 11
     # the lines of these events were spread: several parts received some of them
@@ -104,20 +112,10 @@ def test_costs_of_accesses_across_pages_count_once(tmp_path, parts):
     """Accesses crossing page boundaries are held by every part owning one of their pages: the
     costs still count each access, operation, line and stage-2 fault once (the part owning it;
     kvm-fault-clean counts the pages its part owns through ``MitigationContext.owns``)."""
-    from tracekit.model import Region, TraceInfo
-    from tracekit.schema import TRACE_SCHEMA, write_table
-    from strategies import events_frame
-
-    rows = [dict(agent="guest", op="sysreg", sysreg="MAIR_EL1", value=0xFF),
-            dict(agent="guest", op="sysreg", sysreg="SCTLR_EL1", value=0x1005),
-            dict(agent="guest", op="write", addr=0x4000_0FFC, size=8, attr_index=0),
-            dict(agent="guest", op="write", addr=0x4000_2000, size=0x3000, attr_index=0),
-            dict(agent="host", op="read", addr=0x4000_0FF8, size=16, attr="nc"),
-            dict(agent="guest", op="cmo", cmo="dc.civac", addr=0x4000_3000, size=0x1000),
-            dict(agent="guest", op="read", addr=0x4000_1000, size=8, attr_index=0),
-            dict(agent="host", op="read", addr=0x4000_2FC0, size=0x1080, attr="nc")]
-    info = TraceInfo(regions=(Region.make("ram", 0x4000_0000, 1 << 20),))
-    path = write_table(events_frame(rows), tmp_path / "t.parquet", schema=TRACE_SCHEMA, info=info)
+    # a guest read of page 1 after the write that crossed into it (so page 1's first touch is
+    # that write, held by the parts of pages 0 and 1)
+    path = _crossing_trace(tmp_path, CROSSING_ROWS + [dict(agent="guest", op="read", addr=0x4000_1000, size=8,
+                                                            attr_index=0)])
     specs = ["none", "kvm-fault-clean", "guest-dma-cmo", "host-cmo", "kvm-cache-toggle", "s2fwb"]
     meta = P.replay_partitioned(path, tmp_path / "f.parquet", specs, parts=parts)
     whole = analyze(path, specs)
