@@ -80,17 +80,12 @@ def child_analyze(trace: str, mitigations: list[str], out: str) -> dict:
 def child_budget(trace: str, budget: str, out: str) -> dict:
     """As `tracekit analyze TRACE -o OUT --memory-budget B` runs it: with its summary (tallied
     part by part) made at the end."""
-    from tracekit.analyze import load_analysis
-    from tracekit.partition import parse_size, replay_partitioned
-    from tracekit.summary import SummaryTally
+    from tracekit.partition import analyze_partitioned, parse_size
 
     t = time.perf_counter()
-    tally = SummaryTally(["none"])
-    meta = replay_partitioned(trace, out, ["none"], budget_bytes=parse_size(budget), force=True, tally=tally)
-    analysis = load_analysis(out, lazy=True)
-    analysis.summary_figures = tally.figures()
+    analysis = analyze_partitioned(trace, out, ["none"], budget_bytes=parse_size(budget), force=True)
     summary = analysis.summary()
-    return {"seconds": time.perf_counter() - t, "rss_mb": _rss_mb(), "parts": meta["partition"]["parts"],
+    return {"seconds": time.perf_counter() - t, "rss_mb": _rss_mb(), "parts": analysis.meta["partition"]["parts"],
             "summary_lines": summary.count("\n")}
 
 

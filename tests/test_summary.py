@@ -40,13 +40,10 @@ def _read_whole(path):
 @pytest.mark.parametrize("parts", [1, 5])
 def test_a_summary_tallied_part_by_part_is_the_summary_of_the_findings(trace, tmp_path, specs, parts):
     specs = analysis.expand_mitigations(specs)
-    tally = SummaryTally(specs)
     out = tmp_path / "f.parquet"
-    meta = P.replay_partitioned(trace, out, specs, parts=parts, tally=tally)
-    assert meta["partition"]["parts"] == parts
+    tallied = P.analyze_partitioned(trace, out, specs, parts=parts)
+    assert tallied.meta["partition"]["parts"] == parts
     read = _read_whole(out)
-    tallied = analysis.load_analysis(out, lazy=True)
-    tallied.summary_figures = tally.figures()
     assert tallied.summary() == read.summary()
     assert tallied._compact is None  # nothing was read for it
     for kinds in ("all", "lost-write", "stale-ifetch,stale-read"):
@@ -85,9 +82,6 @@ def test_a_tally_of_the_reference_engines_findings_is_the_summary_of_them(tmp_pa
     are Enum/Categorical codes): the tally matches them the same way."""
     trace = synth(6_000, tmp_path / "t.parquet", seed=5, profile="mixed")
     specs = ["none", "kvm-cache-toggle", "mair-trap"]
-    tally = SummaryTally(specs)
-    P.replay_partitioned(trace, tmp_path / "f.parquet", specs, parts=3, tally=tally, engine="reference")
-    tallied = analysis.load_analysis(tmp_path / "f.parquet", lazy=True)
-    tallied.summary_figures = tally.figures()
+    tallied = P.analyze_partitioned(trace, tmp_path / "f.parquet", specs, parts=3, engine="reference")
     read = _read_whole(tmp_path / "f.parquet")
     assert tallied.summary() == read.summary() and "against none" in read.summary()

@@ -405,24 +405,24 @@ class _PartCost:
     parts add up to the whole trace's cost: an event or inserted operation on lines of several
     parts counts in the part that owns its first line, a line in the part that owns it.
 
-    ``owned``: block numbers (address >> ``shift``) -> whether this part owns them (none, for
-    the global events alone: what they cost in every part is taken out once per part but one).
+    ``owns``: uint64 addresses -> whether this part owns their lines (``MitigationContext.owns``;
+    nothing, for the global events alone: what they cost in every part is taken out once per
+    part but one).
     What the part owns of its resolved frame is worked out once for all its mitigations.
     What stays approximate: an operation a mitigation makes by merging neighbouring lines
     (guest-boot-inval's DC IVAC ranges) is cut where a part's lines end, and counts once per piece.
     """
 
-    def __init__(self, before: pl.DataFrame, info: TraceInfo, owned: Callable[[np.ndarray], np.ndarray],
-                 shift: int):
-        self.before, self.ls, self.owned, self.shift = before, info.line_size, owned, shift
+    def __init__(self, before: pl.DataFrame, info: TraceInfo, owns: Callable[[np.ndarray], np.ndarray]):
+        self.before, self.ls, self.owns = before, info.line_size, owns
         self._counted: pl.Series | None = None  # the typed accesses whose first line the part owns
         self._touched: dict[bool, int] = {}
 
     def owned_rows(self, frame: pl.DataFrame) -> pl.Series:
         """Rows with an address whose first line this part owns."""
         addr = frame["addr"]
-        block = addr.fill_null(0).to_numpy().astype(np.uint64, copy=False) >> np.uint64(self.shift)
-        return pl.Series(self.owned(block) & addr.is_not_null().to_numpy())
+        return pl.Series(self.owns(addr.fill_null(0).to_numpy().astype(np.uint64, copy=False))
+                         & addr.is_not_null().to_numpy())
 
     def owned_lines(self, lines: pl.DataFrame, distinct: bool) -> int:
         """Lines of the [_lo, _hi] line ranges that this part owns (``distinct``: each once)."""
@@ -431,8 +431,7 @@ class _PartCost:
         each = lines.select(_line=pl.int_ranges("_lo", pl.col("_hi") + 1)).explode("_line")["_line"]
         if distinct:
             each = each.unique()
-        per_block = np.uint64(self.shift - (self.ls.bit_length() - 1))  # log2 of the lines in a block
-        return int(self.owned(each.to_numpy().astype(np.uint64) >> per_block).sum())
+        return int(self.owns(each.to_numpy().astype(np.uint64) * np.uint64(self.ls)).sum())
 
     def touched(self, ram: bool) -> int:
         """Owned lines the recorded trace's addressed events touch (of RAM regions only: ``ram``)."""
@@ -483,8 +482,8 @@ class _PartCost:
         }
 
 
-def _nothing_owned(block: np.ndarray) -> np.ndarray:
-    return np.zeros(len(block), np.bool_)
+def _nothing_owned(addr: np.ndarray) -> np.ndarray:
+    return np.zeros(len(addr), np.bool_)
 
 
 def _most_first(item: tuple[tuple[str | None, str | None], int]) -> tuple:
@@ -567,7 +566,7 @@ def replay_partitioned(
         totals = {s: {"traps": {}, "_retyped": {}} for s in specs}
         # the global events alone: their costs are counted once per part
         g_resolved = resolve(pl.concat([glob, last]).unique("seq").sort("seq"), info)
-        part_cost = _PartCost(g_resolved, info, _nothing_owned, owners.shift)
+        part_cost = _PartCost(g_resolved, info, _nothing_owned)
         for s in specs:
             g_mitigated, _, g_cost = apply_mitigation(g_resolved, s, info, cost=False, owns=_nothing_owned)
             _add_cost(totals[s], part_cost(g_mitigated, g_cost.traps), -(parts - 1))
@@ -579,13 +578,10 @@ def replay_partitioned(
         buckets = _Buckets(tmp, width)
         for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
             resolved = resolve(_part_frame(tmp, p, glob, last), info)
-            def owned(block: np.ndarray, p: int = p) -> np.ndarray:
-                return owners.of(block) == p
-
             def owns(addr: np.ndarray, p: int = p) -> np.ndarray:
                 return owners.of(addr >> np.uint64(owners.shift)) == p
 
-            part_cost = _PartCost(resolved, info, owned, owners.shift)
+            part_cost = _PartCost(resolved, info, owns)
             # the fast engine replays each later mitigation of this part only on the lines it changes
             part_of_trace = {"same_trace": object()} if engine == "fast" and len(specs) > 1 else {}
             for m, s in enumerate(specs):
@@ -625,6 +621,23 @@ def replay_partitioned(
         return {**meta, "partition": split}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def analyze_partitioned(trace_path: str | os.PathLike[str], output: str | os.PathLike[str],
+                        mitigations: Sequence[str] = ("none",), *, tally: bool = True, **kw: Any):
+    """``replay_partitioned``, then the Analysis of its findings file, whose rows are read when
+    first used, and ``meta["partition"]``; with ``tally`` its summary figures are tallied part by
+    part, so its summary and ``--fail-on`` gate read no findings back (what ``tracekit analyze
+    --memory-budget`` does)."""
+    from .analyze import expand_mitigations, load_analysis
+    from .summary import SummaryTally
+
+    tallied = SummaryTally(expand_mitigations(mitigations)) if tally else None
+    done = replay_partitioned(trace_path, output, mitigations, tally=tallied, **kw)
+    result = load_analysis(output, lazy=True)
+    result.meta["partition"] = done["partition"]  # parts and events per part (not in the file)
+    result.summary_figures = tallied.figures() if tallied is not None else None
+    return result
 
 
 class _Buckets:

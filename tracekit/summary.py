@@ -22,6 +22,7 @@ from .schema import FINDINGS_SCHEMA, conform
 if TYPE_CHECKING:
     from .analyze import Analysis
 
+
 @dataclass
 class SummaryFigures:
     """What a summary shows.

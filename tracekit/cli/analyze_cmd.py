@@ -66,8 +66,6 @@ def analyze(
         result = _analyze_partitioned(single, output, mitigation, budget=budget, engine=engine,
                                       speculation=speculation, line_size=line_size, force=force, quiet=quiet,
                                       tally=tally, read_back=report is not None)
-        if result is None:
-            return
     else:
         from ..resolve import warm_up
 
@@ -106,21 +104,12 @@ def _analyze_partitioned(trace: Path, output: Optional[Path], mitigations: List[
     """Replay a trace larger than the budget line-partition by line-partition; findings go to ``output``.
 
     The Analysis of the findings file (its rows read with ``read_back``, else when first used),
-    with the summary's figures when ``tally``; None when neither is asked for.
+    with the summary's figures when ``tally``.
     """
-    from ..analyze import expand_mitigations, load_analysis
-    from ..partition import replay_partitioned
-    from ..summary import SummaryTally
+    from ..partition import analyze_partitioned
 
-    def replay(dest: Path):
-        tallied = SummaryTally(expand_mitigations(mitigations)) if tally else None
-        replay_partitioned(trace, dest, mitigations, budget_bytes=budget, tally=tallied, **kw)
-        if not (tally or read_back):
-            return None
-        result = load_analysis(dest, lazy=True)
-        result.summary_figures = tallied.figures() if tallied is not None else None
-        return result
-    return _with_findings_file(output, replay, read=read_back)
+    return _with_findings_file(output, lambda dest: analyze_partitioned(
+        trace, dest, mitigations, budget_bytes=budget, tally=tally, **kw), read=read_back)
 
 
 def _with_findings_file(output: Optional[Path], run, *, read: bool):
@@ -128,15 +117,13 @@ def _with_findings_file(output: Optional[Path], run, *, read: bool):
     ``read``: the findings of the Analysis it returns are read (inside the temporary
     directory: an Analysis read from the file is lazy)."""
     import tempfile
+    from contextlib import ExitStack
 
-    if output is not None:
-        result = run(output)
-        if read and result is not None:
-            _ = result.compact_findings
-        return result
-    with tempfile.TemporaryDirectory(prefix="tracekit-") as tmp:
-        result = run(Path(tmp) / "findings.parquet")
-        if read and result is not None:
+    with ExitStack() as stack:
+        dest = output if output is not None else \
+            Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracekit-"))) / "findings.parquet"
+        result = run(dest)
+        if read:
             _ = result.compact_findings  # read while the file is there
         return result
 

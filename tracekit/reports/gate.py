@@ -46,16 +46,13 @@ def remaining(findings: Any, kinds: str | Iterable[str], *,
     """Counts of the findings that fail the gate, per mitigation and kind (empty: the gate passes)."""
     wanted = parse_kinds(kinds)
     figures = getattr(findings, "summary_figures", None)
-    if figures is not None:  # counts tallied as the findings were made: none is read
-        df = figures.counts.filter(pl.col("kind").is_in(list(wanted)) & (pl.col("count") > 0))
-        if mitigations is not None:
-            df = df.filter(pl.col("mitigation").is_in(list(mitigations)))
-        return (df.group_by("mitigation", "kind").agg(pl.col("count").sum().cast(pl.UInt32).alias("findings"))
-                .sort("mitigation", "kind"))
-    df = _frame(findings).filter(pl.col("kind").is_in(list(wanted)))
+    # counts per (mitigation, kind, cause): tallied as the findings were made (none is read), or of the rows
+    counts = figures.counts if figures is not None else \
+        _frame(findings).group_by("mitigation", "kind", "cause").agg(count=pl.len())
+    df = counts.filter(pl.col("kind").is_in(list(wanted)) & (pl.col("count") > 0))
     if mitigations is not None:
         df = df.filter(pl.col("mitigation").is_in(list(mitigations)))
-    return (df.group_by("mitigation", "kind").len("findings")
+    return (df.group_by("mitigation", "kind").agg(pl.col("count").sum().cast(pl.UInt32).alias("findings"))
             .with_columns(pl.col("mitigation", "kind").cast(pl.String)).sort("mitigation", "kind"))
 
 
