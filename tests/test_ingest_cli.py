@@ -463,3 +463,23 @@ def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
     assert back.schema == plain.schema  # strings, not dictionaries, for every reader
     assert back.equals(pl.concat([plain] * 3))
     schema.validate_arrow(pq.read_table(out), "trace-v1", where=str(out))
+
+
+@pytest.mark.parametrize("name, content", [("t.csv", "agent,op,addr,size\n"),
+                                           ("t.tkt", "@region ram 0x40000000 16M ram\n")])
+def test_inputs_without_events_make_an_empty_trace_that_analyses_clean(tmp_path, name, content):
+    """A header-only CSV or a scenario of directives only is a trace of no events: ingest writes it
+    (no row of nulls), and analyze, whole or part by part, writes an empty findings file."""
+    from tracekit.partition import replay_partitioned
+
+    src = tmp_path / name
+    src.write_text(content)
+    r = runner.invoke(app, ["ingest", str(src), "-o", str(tmp_path / "t.parquet"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert pq.ParquetFile(tmp_path / "t.parquet").metadata.num_rows == 0
+    r = runner.invoke(app, ["analyze", str(tmp_path / "t.parquet"), "-m", "all", "-o", str(tmp_path / "f.parquet"), "-q"])
+    assert r.exit_code == 0, r.output
+    replay_partitioned(tmp_path / "t.parquet", tmp_path / "p.parquet", ["none", "guest-boot-inval"], parts=2)
+    for out in ("f.parquet", "p.parquet"):
+        found = pl.read_parquet(tmp_path / out)
+        assert found.height == 0 and found.columns == list(schema.polars_schema(schema.FINDINGS_SCHEMA))

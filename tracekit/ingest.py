@@ -622,7 +622,8 @@ def ingest_frame(inputs: PathLike | Sequence[PathLike], *, format: str | None = 
                 order.check(df)
             parts.append(df)
         agree.add(inp.src, inp.result.info)
-        df = pl.concat(parts, how="vertical_relaxed") if parts else _conform(pl.DataFrame())
+        df = pl.concat(parts, how="vertical_relaxed") if parts else \
+            schema.conform(pl.DataFrame(), schema.TRACE_SCHEMA).drop("seq")
         if page_walk and inp.format in PAGE_WALK_FORMATS:
             df = _walk_frame(df, inp)
         frames.append(df.with_columns(_input=pl.lit(inp.index, dtype=pl.UInt32),

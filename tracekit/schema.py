@@ -99,6 +99,8 @@ def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool =
     target = polars_schema(name, compact=compact)
     if list(df.schema.items()) == list(target.items()):
         return df  # already so (a batch conformed upstream): no select to run
+    if not df.columns:  # (a literal selected from a frame without columns makes one row)
+        return pl.DataFrame(schema=target)
     cols = []
     for col, dtype in target.items():
         if col in df.columns:
