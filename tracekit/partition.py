@@ -20,13 +20,14 @@ anchor end-of-trace insertions after it).
    seq, so a range is read from every part with predicate push-down, sorted and
    appended, mitigation by mitigation, as ``analyze`` orders them.
 
-The findings are those of the whole trace. So are the costs but one: each part counts
-what it owns (``_PartCost``: a retyped access or an inserted operation by its first line, a
-line where it lies, a whole-RAM clean's lines where they lie), and what the global events
-cost in every part is taken out once per part but one; traps counted per page (kvm-fault-clean)
-count the part's own pages (``MitigationContext.owns``). One figure stays approximate:
-guest-boot-inval's operation count (it merges neighbouring lines into one DC IVAC, and a
-part boundary cuts the range; its lines are exact).
+The findings are those of the whole trace, and so are the costs: each part counts what it
+owns (``_PartCost``: a retyped access or an inserted operation by its first line, a line where
+it lies, a whole-RAM clean's lines where they lie), and what the global events cost in every
+part is taken out once per part but one; traps counted per page (kvm-fault-clean) count the
+part's own pages (``MitigationContext.owns``). A mitigation that merges neighbouring lines
+into one operation (guest-boot-inval's DC IVAC runs) sees only the pieces of a run its part
+holds: the parts record where their pieces meet lines of other parts (``_RunEdges``), and the
+pieces that continue another part's are taken out of the count at the end.
 """
 
 from __future__ import annotations
@@ -409,8 +410,9 @@ class _PartCost:
     nothing, for the global events alone: what they cost in every part is taken out once per
     part but one).
     What the part owns of its resolved frame is worked out once for all its mitigations.
-    What stays approximate: an operation a mitigation makes by merging neighbouring lines
-    (guest-boot-inval's DC IVAC ranges) is cut where a part's lines end, and counts once per piece.
+    An operation a mitigation makes by merging neighbouring lines (``Mitigation.merges_lines``)
+    is cut where a part's lines end and counts once per piece here; ``run_edges`` tells which
+    pieces continue another part's.
     """
 
     def __init__(self, before: pl.DataFrame, info: TraceInfo, owns: Callable[[np.ndarray], np.ndarray]):
@@ -482,6 +484,84 @@ class _PartCost:
         }
 
 
+    def run_edges(self, after: pl.DataFrame, names: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Where the runs of lines that mitigations ``names`` merged meet lines this part does not own.
+
+        In a whole run such a mitigation makes one operation per maximal run of lines with the same
+        key (anchor ``seq``, ``before`` it or not, acting ``agent``, ``region``). This part holds
+        every event on its own lines, so its pieces of runs are exact on them; a piece whose first
+        line it owns counted as an operation (``__call__``). That piece continues a run of another
+        part when the line before it, owned elsewhere, is in a run with the same key. So:
+
+        * starts: (key, line) of each piece beginning on an owned line whose previous line this part
+          does not own (the piece may continue another part's run);
+        * ends: (key, line + 1) of each owned line in a piece whose next line this part does not own
+          (the run goes on there, if anything there is written).
+
+        A start matched by an end, from any part, is a piece counted once too often.
+        """
+        from .mitigations.base import first_line, last_line
+
+        agent = pl.col("agent").cast(pl.String)
+        runs = (after.lazy().filter((pl.col("sub") != 0) & pl.col("addr").is_not_null()
+                                    & pl.any_horizontal(agent.str.ends_with(f"/{n}") for n in names))
+                .select("seq", before=pl.col("sub") < 0, agent=agent, region=pl.col("region").cast(pl.String),
+                        _lo=first_line(self.ls), _hi=last_line(self.ls))
+                .collect())
+        key = ["seq", "before", "agent", "region"]
+        if runs.height == 0:
+            empty = runs.select(*key, line=pl.col("_lo"))
+            return empty, empty
+        ls = np.uint64(self.ls)
+        lo = runs["_lo"].to_numpy().astype(np.uint64)
+        prev = np.where(lo > 0, lo - np.uint64(1), lo)  # (line 0 has none before it)
+        start = self.owns(lo * ls) & (lo > 0) & ~self.owns(prev * ls)
+        starts = runs.filter(pl.Series(start)).select(*key, line=pl.col("_lo"))
+        each = runs.select(*key, line=pl.int_ranges("_lo", pl.col("_hi") + 1, dtype=pl.UInt64)).explode("line")
+        line = each["line"].to_numpy()
+        end = self.owns(line * ls) & ~self.owns((line + np.uint64(1)) * ls)
+        ends = each.filter(pl.Series(end)).select(*key, line=pl.col("line") + 1)
+        return starts, ends
+
+
+class _RunEdges:
+    """Every part's run edges (``_PartCost.run_edges``), per mitigation spec, kept on disk.
+
+    A guest that zeroes 512 MB with its MMU off writes 8 M lines; with lines spread over the
+    parts nearly each is an edge, more than a part's budget holds beside it. Each part's edges
+    go to an Arrow IPC file, their keys as small integers; they are matched at the end, when
+    the parts are gone.
+    """
+
+    def __init__(self, workdir: Path):
+        self.dir = workdir
+        self.keys: dict[tuple, int] = {}
+        self.files: dict[int, list[Path]] = {}
+
+    def add(self, m: int, p: int, starts: pl.DataFrame, ends: pl.DataFrame) -> None:
+        if starts.height == 0:
+            if ends.height == 0:
+                return
+            starts = starts.clear()
+        both = pl.concat([starts.with_columns(start=pl.lit(True)), ends.with_columns(start=pl.lit(False))])
+        key = ["seq", "before", "agent", "region"]
+        known = both.select(key).unique()
+        ids = known.with_columns(_key=pl.Series([self.keys.setdefault(k, len(self.keys)) for k in known.iter_rows()],
+                                                dtype=pl.UInt32))
+        path = self.dir / f"edges-{m}-{p:05d}.arrow"
+        both.join(ids, on=key, how="left", nulls_equal=True).select("_key", "line", "start").write_ipc(path)
+        self.files.setdefault(m, []).append(path)
+
+    def continued(self, m: int) -> int:
+        """Pieces of spec ``m`` that continue a run begun in another part: counted once too often."""
+        if m not in self.files:
+            return 0
+        edges = pl.scan_ipc(self.files[m])
+        starts = edges.filter(pl.col("start")).select("_key", "line")
+        ends = edges.filter(~pl.col("start")).select("_key", "line").unique()
+        return int(starts.join(ends, on=["_key", "line"], how="semi").select(pl.len()).collect().item())
+
+
 def _nothing_owned(addr: np.ndarray) -> np.ndarray:
     return np.zeros(len(addr), np.bool_)
 
@@ -531,6 +611,7 @@ def replay_partitioned(
     from .engine import get_engine
     from .ingest import file_sha256
     from .mitigations import MitigationCost, apply_mitigation
+    from .mitigations.base import get_mitigation, parse_spec
     from .resolve import resolve
     from .schema import check_output
 
@@ -576,6 +657,8 @@ def replay_partitioned(
         top = int(pq.ParquetFile(trace_path).metadata.num_rows)
         width = max(1 << 16, math.ceil(max(top, 1) / max(1, math.ceil(top / (1 << 20)))))
         buckets = _Buckets(tmp, width)
+        edges = _RunEdges(tmp)
+        merging = {s: [n for n in parse_spec(s) if get_mitigation(n).merges_lines] for s in specs}
         for p in progress(range(parts), desc="replay parts", unit="part", quiet=quiet):
             resolved = resolve(_part_frame(tmp, p, glob, last), info)
             def owns(addr: np.ndarray, p: int = p) -> np.ndarray:
@@ -588,6 +671,8 @@ def replay_partitioned(
                 mitigated, minfo, cost = apply_mitigation(resolved, s, info, ordered=engine != "fast", cost=False,
                                                           owns=owns)
                 _add_cost(totals[s], part_cost(mitigated, cost.traps), +1)
+                if merging[s]:
+                    edges.add(m, p, *part_cost.run_edges(mitigated, merging[s]))
                 found = _owned(replay(mitigated, minfo, mitigation=s, speculation=speculation, **part_of_trace),
                                p, owners)
                 buckets.add(m, found)
@@ -599,7 +684,8 @@ def replay_partitioned(
             del resolved, part_cost
         buckets.close()
         costs = {}
-        for s, t in totals.items():
+        for m, (s, t) in enumerate(totals.items()):
+            t["inserted_ops"] -= edges.continued(m)
             # in the order a whole run lists them (mitigation_cost): most first, then by name
             t["retyped"] = [{"from": a, "to": b, "count": c} for (a, b), c in
                             sorted(t.pop("_retyped").items(), key=_most_first) if c]

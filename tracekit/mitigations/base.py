@@ -142,7 +142,10 @@ class Mitigation:
     ``apply(frame, ctx)`` returns the transformed frame (lazy or eager, same
     columns). ``traps(frame, ctx)`` counts the traps the mitigation takes on the
     frame it is given (before it acts). ``update_info(info)`` changes the trace
-    settings (FWB, host mappings).
+    settings (FWB, host mappings). ``merges_lines``: its operations by address are
+    maximal runs of neighbouring lines, one per (anchor, side of it, acting agent,
+    region), like guest-boot-inval's; a partitioned run, whose parts each see part of a
+    run, then counts them by where the runs begin (``partition._RunEdges``).
     """
 
     name: str
@@ -153,6 +156,7 @@ class Mitigation:
     traps: TrapsFn | None = None
     update_info: InfoFn | None = None
     builtin: bool = False
+    merges_lines: bool = False
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "actor": self.actor, "changes": self.changes, "limits": self.limits}
@@ -657,6 +661,7 @@ def register_mitigation(
     update_info: InfoFn | None = None,
     replace: bool = False,
     builtin: bool = False,
+    merges_lines: bool = False,
 ) -> Any:
     """Add a mitigation to the catalog, from Python.
 
@@ -679,7 +684,7 @@ def register_mitigation(
     def wrap(fn: ApplyFn) -> Mitigation:
         doc = (inspect.getdoc(fn) or "").strip().split("\n\n")[0].replace("\n", " ")
         return _add(Mitigation(name, actor, changes or doc or name, limits or "not stated", fn, traps,
-                               update_info, builtin), replace)
+                               update_info, builtin, merges_lines), replace)
 
     if apply is not None:
         return wrap(apply)

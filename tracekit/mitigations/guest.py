@@ -163,6 +163,7 @@ GUEST_BOOT_INVAL = register_mitigation(Mitigation(
             "(@stage2 off) the DC IVAC is not upgraded and may discard dirty lines."),
     apply=boot_inval,
     builtin=True,
+    merges_lines=True,  # one DC IVAC per run of neighbouring lines
 ))
 
 GUEST_DMA_CMO = register_mitigation(Mitigation(
