@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pytest
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
@@ -256,3 +257,26 @@ def test_a_missing_or_broken_parquet_is_a_message_not_a_traceback(tmp_path):
     res = run("analyze", broken, "-m", "none")
     assert res.exit_code == 2 and "broken.parquet" in res.output
     assert "Traceback" not in res.output
+
+
+def test_a_trace_damaged_inside_is_a_message_not_a_traceback(tmp_path):
+    """Regression: a trace Parquet whose footer is sound but whose first data page header is not
+    (a disk error, a truncated copy patched up) raised polars' ComputeError out of the CLI; it is
+    now a message naming the file, exit 2, and no output; part by part, the same error."""
+    from tracekit.errors import TraceFormatError
+    from tracekit.partition import replay_partitioned
+
+    trace = tmp_path / "t.parquet"
+    assert run("ingest", BOOT, "-o", trace, "-q").exit_code == 0
+    page = pq.ParquetFile(trace).metadata.row_group(0).column(0).data_page_offset
+    data = bytearray(trace.read_bytes())
+    data[page:page + 8] = b"\xff" * 8
+    trace.write_bytes(bytes(data))
+    res = run("analyze", trace, "-m", "all", "-o", tmp_path / "f.parquet", "-q")
+    assert res.exit_code == 2, res.output
+    said = f"{trace}: expected a trace Parquet written by tracekit, found a damaged file"
+    assert said in res.output
+    assert not (tmp_path / "f.parquet").exists()
+    with pytest.raises(TraceFormatError, match="found a damaged file"):
+        replay_partitioned(trace, tmp_path / "p.parquet", ["none"], parts=2)
+    assert not (tmp_path / "p.parquet").exists()

@@ -24,7 +24,7 @@ from .errors import UsageError
 from .model import TraceInfo
 from .resolve import resolve
 from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_metadata,
-                     write_table)
+                     reading, write_table)
 
 
 class Analysis:
@@ -357,4 +357,5 @@ def load_analysis(path: str | os.PathLike[str], *, lazy: bool = False) -> Analys
 
 def _read_findings(path: str | os.PathLike[str]) -> pl.DataFrame:
     target = polars_schema(FINDINGS_SCHEMA, compact=True)
-    return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
+    with reading(path, "a findings Parquet written by tracekit"):
+        return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 from .errors import UsageError
 from .model import TraceInfo
-from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, write_table
+from .schema import FINDINGS_SCHEMA, TRACE_SCHEMA, conform, read_trace_info, reading, write_table
 
 if TYPE_CHECKING:
     from .summary import SummaryTally
@@ -256,7 +256,7 @@ def count_blocks(trace_path: str | os.PathLike[str], shift: int, cap: int) -> tu
     acc_c: list[np.ndarray] = []
     pending = 0
     wide = 0
-    for batch in _row_groups(pf, columns=["op", "cmo", "addr", "size"]):
+    for batch in _row_groups(trace_path, pf, columns=["op", "cmo", "addr", "size"]):
         idx, addr, size = _line_events(batch)
         _, blocks, w = _event_blocks(idx, addr, size, shift, cap)
         wide += len(w)
@@ -274,14 +274,16 @@ def count_blocks(trace_path: str | os.PathLike[str], shift: int, cap: int) -> tu
     return b, np.bincount(inv, weights=np.concatenate(acc_c)).astype(np.int64), wide
 
 
-def _row_groups(pf: pq.ParquetFile, columns: list[str] | None = None, rows: int = 1 << 18) -> Iterator[pa.Table]:
+def _row_groups(path: str | os.PathLike[str], pf: pq.ParquetFile, columns: list[str] | None = None,
+                rows: int = 1 << 18) -> Iterator[pa.Table]:
     """The file in slices of at most ``rows``, read one row group at a time.
 
     (``ParquetFile.iter_batches`` keeps allocations alive across batches: its memory grows
     with the file; reading row groups one by one stays flat.)
     """
     for i in range(pf.num_row_groups):
-        t = pf.read_row_group(i, columns=columns)
+        with reading(path, "a trace Parquet written by tracekit"):
+            t = pf.read_row_group(i, columns=columns)
         for start in range(0, t.num_rows, rows):
             yield t.slice(start, rows).combine_chunks()
         del t
@@ -339,7 +341,7 @@ def split_trace(trace_path: str | os.PathLike[str], workdir: Path, owners: Owner
     last = None
     bar = progress(total=pf.metadata.num_rows, desc="partition", unit="ev", unit_scale=True, quiet=quiet)
     try:
-        for batch in _row_groups(pf):
+        for batch in _row_groups(trace_path, pf):
             batch = batch.replace_schema_metadata(None)
             per_part, glob = _split_batch(batch, owners)
             for p, tab in per_part:

@@ -7,6 +7,7 @@ follow them, atomically and with the ``tracekit`` metadata key.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import __version__
-from .errors import OutputExistsError, SchemaError, TracekitError
+from .errors import OutputExistsError, SchemaError, TraceFormatError, TracekitError
 from .model import TraceInfo
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -383,6 +384,16 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     if META_KEY not in md:
         raise TracekitError(f"{path}: expected tracekit metadata (key 'tracekit'), found none")
     return json.loads(md[META_KEY])
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike[str], what: str) -> Iterator[None]:
+    """The readers' errors on a damaged Parquet file (bad pages, bad thrift, bad UTF-8: the footer
+    was sound) as a TraceFormatError naming the file and what it should have been."""
+    try:
+        yield
+    except (pl.exceptions.ComputeError, pa.ArrowException, OSError) as e:
+        raise TraceFormatError(f"{path}: expected {what}, found a damaged file ({' '.join(str(e).split())})") from None
 
 
 def read_trace_info(path: str | os.PathLike[str]) -> TraceInfo:

@@ -76,7 +76,8 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
             raise TracekitError(f"{p}: expected a trace file (schema tracekit-trace), found {md.get('schema')!r}")
         with ThreadPoolExecutor(1) as pool:  # hashing (GIL released) overlaps the read
             digest = pool.submit(file_sha256, p)
-            events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
+            with schema.reading(p, "a trace Parquet written by tracekit"):
+                events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
             return Trace(_one_piece(events), info, str(p), digest.result())
     events, info = ingest_frame(paths, format=format, concat=concat, options=options)
     events = _one_piece(events)
