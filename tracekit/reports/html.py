@@ -136,9 +136,40 @@ class _AddressAxis:
         return [float(self.y[i]) for i in keep], [f"{int(self.lines[i]):#x}" for i in keep]
 
 
+def _pixel_keys(ax: Any, *points: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One integer per row: the pixels of its ``points`` in the plot's bitmap (display units at the
+    figure's dpi, where a rasterized artist is drawn), 16 bits a coordinate. A figure is a few
+    hundred pixels; coordinates far outside it (clipped from view anyway) are held at its margin."""
+    key = np.zeros(len(points[0][0]), np.int64)
+    for x, y in points:
+        px = np.rint(ax.transData.transform(np.column_stack([x, y]))).clip(-4096, 28671).astype(np.int64) + 4096
+        key = (key << 32) | (px[:, 0] << 16) | px[:, 1]
+    return key
+
+
+def _one_per_pixel(ax: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rows of the last point at each pixel of the plot's bitmap, in order: the earlier ones
+    there would be drawn under it."""
+    last = (pl.DataFrame({"k": _pixel_keys(ax, (x, y))}).with_row_index()
+            .group_by("k").agg(pl.col("index").last()))
+    return np.sort(last["index"].to_numpy())
+
+
+def _boxes_per_pixel(ax: Any, x0: np.ndarray, x1: np.ndarray, y0: np.ndarray, y1: np.ndarray,
+                     alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes with the same corners on the bitmap's pixels drawn once, with the opacity of as
+    many stacked at ``alpha`` as fell there (what drawing them all would give)."""
+    each = (pl.DataFrame({"k": _pixel_keys(ax, (x0, y0), (x1, y1))}).with_row_index()
+            .group_by("k").agg(pl.col("index").first(), n=pl.len()).sort("index"))
+    first = each["index"].to_numpy()
+    return x0[first], x1[first], y0[first], y1[first], 1.0 - (1.0 - alpha) ** each["n"].to_numpy()
+
+
 def plane_svg(data: ReportData, mitigation: str) -> str:
     """Findings of one mitigation on the (seq, address) plane; ranges as shaded boxes over their fix window."""
     _, Figure, PolyCollection, MaxNLocator = _matplotlib()
+    from matplotlib.colors import to_rgba
+
     f = data.findings
     sub = f.filter(pl.col("mitigation") == mitigation)
     # Fixed axes box (not a constrained layout) so that every mitigation's plane has the same size.
@@ -162,15 +193,24 @@ def plane_svg(data: ReportData, mitigation: str) -> str:
         x1 = np.maximum(rng["fix_before_seq"].to_numpy().astype(np.float64), x0 + 0.5)
         y0 = axis(rng["start"].to_numpy())
         y1 = axis((rng["end"] - data.line_size).to_numpy()) + data.line_size
+        face, edge = np.array(to_rgba("#8c959f")), np.array(to_rgba("#57606a"))
+        alpha = np.full(len(x0), 0.22)
+        boxed = rng.height > RASTER_ABOVE // 10  # drawn as a bitmap: each pixel box once
+        if boxed:
+            x0, x1, y0, y1, alpha = _boxes_per_pixel(ax, x0, x1, y0, y1, 0.22)
         verts = np.stack([np.stack([x0, y0], 1), np.stack([x1, y0], 1), np.stack([x1, y1], 1),
                           np.stack([x0, y1], 1)], axis=1)
-        ax.add_collection(PolyCollection(verts, facecolor="#8c959f", alpha=0.22, edgecolor="#57606a",
-                                         linewidth=0.6, rasterized=rng.height > RASTER_ABOVE // 10))
+        ax.add_collection(PolyCollection(verts, facecolors=np.column_stack([np.tile(face[:3], (len(x0), 1)), alpha]),
+                                         edgecolors=np.column_stack([np.tile(edge[:3], (len(x0), 1)), alpha]),
+                                         linewidth=0.6, rasterized=boxed))
         ax.plot([], [], color="#8c959f", alpha=0.5, linewidth=6, label="range: fix window x lines")
     raster = sub.height > RASTER_ABOVE
     for (kind, cause), grp in sorted(sub.group_by("kind", "cause"), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
-        ax.scatter(grp["seq"].to_numpy(), axis(grp["line"].to_numpy()) + data.line_size / 2, s=28,
-                   marker=_KIND_MARKER.get(kind, "o"), color=_CAUSE_COLOUR.get(cause, "#000000"),
+        x, y = grp["seq"].to_numpy(), axis(grp["line"].to_numpy()) + data.line_size / 2
+        if raster:  # drawn as a bitmap: one marker per pixel (the others would land on it)
+            keep = _one_per_pixel(ax, x, y)
+            x, y = x[keep], y[keep]
+        ax.scatter(x, y, s=28, marker=_KIND_MARKER.get(kind, "o"), color=_CAUSE_COLOUR.get(cause, "#000000"),
                    label=f"{kind}, {cause}", rasterized=raster, edgecolors="none", alpha=0.9)
     if sub.height == 0:
         ax.text(0.5, 0.5, "no findings", transform=ax.transAxes, ha="center", va="center", color="#57606a",
