@@ -23,8 +23,8 @@ from .engine import ENGINES, SPECULATION_MODELS, get_engine
 from .errors import UsageError
 from .model import TraceInfo
 from .resolve import resolve
-from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_metadata,
-                     reading, write_table)
+from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_compact,
+                     read_metadata, write_table)
 
 
 class Analysis:
@@ -356,6 +356,4 @@ def load_analysis(path: str | os.PathLike[str], *, lazy: bool = False) -> Analys
 
 
 def _read_findings(path: str | os.PathLike[str]) -> pl.DataFrame:
-    target = polars_schema(FINDINGS_SCHEMA, compact=True)
-    with reading(path, "a findings Parquet written by tracekit"):
-        return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
+    return read_compact(path, FINDINGS_SCHEMA, "a findings Parquet written by tracekit")

@@ -396,6 +396,15 @@ def reading(path: str | os.PathLike[str], what: str) -> Iterator[None]:
         raise TraceFormatError(f"{path}: expected {what}, found a damaged file ({' '.join(str(e).split())})") from None
 
 
+def read_compact(path: str | os.PathLike[str], name: str, what: str) -> pl.DataFrame:
+    """Table ``name`` from a Parquet file with its string columns in their bulk form
+    (``polars_schema(name, compact=True)``): the file's dictionaries become codes, no string
+    is copied per row (a third of the memory of strings, and faster to read)."""
+    target = polars_schema(name, compact=True)
+    with reading(path, what):
+        return pl.scan_parquet(path).select(pl.col(c).cast(t) for c, t in target.items()).collect()
+
+
 def read_trace_info(path: str | os.PathLike[str]) -> TraceInfo:
     return TraceInfo.from_dict(read_metadata(path))
 

@@ -99,7 +99,7 @@ def report(findings: str | os.PathLike[str], format: str = "text", dest: str | o
     fmt = get_format(format)
     if dest is not None:
         check_output(dest, force=force)  # refuse before reading anything
-    loaded = load_findings(findings)
+    loaded = load_findings(findings, compact=True)
     events = None
     if trace is not None:
         events = load_trace_events(trace, expect_sha256=loaded.meta.get("trace_sha256"),

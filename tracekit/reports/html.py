@@ -165,8 +165,11 @@ def _boxes_per_pixel(ax: Any, x0: np.ndarray, x1: np.ndarray, y0: np.ndarray, y1
     return x0[first], x1[first], y0[first], y1[first], 1.0 - (1.0 - alpha) ** each["n"].to_numpy()
 
 
-def plane_svg(data: ReportData, mitigation: str) -> str:
-    """Findings of one mitigation on the (seq, address) plane; ranges as shaded boxes over their fix window."""
+def plane_svg(data: ReportData, mitigation: str, axis: _AddressAxis | None = None) -> str:
+    """Findings of one mitigation on the (seq, address) plane; ranges as shaded boxes over their fix window.
+
+    ``axis``: the address axis of every mitigation's findings (one per report: it sorts every line).
+    """
     _, Figure, PolyCollection, MaxNLocator = _matplotlib()
     from matplotlib.colors import to_rgba
 
@@ -175,7 +178,8 @@ def plane_svg(data: ReportData, mitigation: str) -> str:
     # Fixed axes box (not a constrained layout) so that every mitigation's plane has the same size.
     fig = Figure(figsize=(9, 4.2), dpi=100)
     ax = fig.add_axes((0.13, 0.13, 0.56, 0.78))
-    axis = _AddressAxis(f["line"].to_numpy(), data.line_size)
+    if axis is None:
+        axis = _AddressAxis(f["line"].to_numpy(), data.line_size)
     if f.height:
         lo_s, hi_s = int(f["seq"].min()), int(f["seq"].max())
         lo_s = min(lo_s, int(f["fix_after_seq"].min()))
@@ -202,7 +206,8 @@ def plane_svg(data: ReportData, mitigation: str) -> str:
                           np.stack([x0, y1], 1)], axis=1)
         ax.add_collection(PolyCollection(verts, facecolors=np.column_stack([np.tile(face[:3], (len(x0), 1)), alpha]),
                                          edgecolors=np.column_stack([np.tile(edge[:3], (len(x0), 1)), alpha]),
-                                         linewidth=0.6, rasterized=boxed))
+                                         linewidth=0.6, rasterized=boxed),
+                          autolim=False)  # (the limits are set above: no walk over every box's extent)
         ax.plot([], [], color="#8c959f", alpha=0.5, linewidth=6, label="range: fix window x lines")
     raster = sub.height > RASTER_ABOVE
     for (kind, cause), grp in sorted(sub.group_by("kind", "cause"), key=lambda kv: (str(kv[0][0]), str(kv[0][1]))):
@@ -368,8 +373,9 @@ def render(data: ReportData) -> str:
         '<figure id="plot-cost">' + cost_svg(data)
         + "<figcaption>Findings by kind (left) against what each mitigation costs (right).</figcaption></figure>",
     ]
+    axis = _AddressAxis(data.findings["line"].to_numpy(), data.line_size)  # the same in every plane
     for m in data.mitigations:
-        parts.append(f'<figure id="plot-plane-{_slug(m)}">' + plane_svg(data, m)
+        parts.append(f'<figure id="plot-plane-{_slug(m)}">' + plane_svg(data, m, axis)
                      + f"<figcaption>Findings under <code>{_e(m)}</code>: event order (seq) against line address;"
                      " shaded boxes are the ranges needing maintenance, spanning their fix window."
                      "</figcaption></figure>")
