@@ -114,32 +114,38 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
     rows = (
         findings.lazy()
         .with_row_index("_row")
-        .select(*key, pl.col("_row").min().over("mitigation").alias("_mit_order"), kind_rank.alias("_kind_rank"),
+        .select("_row", *[c for c in by if c not in codes.values()],
+                pl.col("_row").min().over("mitigation").alias("_mit_order"), kind_rank.alias("_kind_rank"),
                 pl.col("line").cast(pl.UInt64), pl.col("seq").cast(pl.UInt64), pl.col("other_seq").cast(pl.UInt64),
                 *[_label_code(c, findings.schema[c]).alias(name) for c, name in codes.items()])
         .sort([*by, "line"], nulls_last=True)
         .with_columns(_new=first_row | prev_differs | apart)
         .collect(engine="in-memory")
     )
-    # Each range is a run of rows: its scalars are read at the run's first and last rows, its
-    # lists are made from the run boundaries (a group_by with unique().sort() per range
-    # cost 60% of the time on millions of findings).
+    # Each range is a run of rows: its scalars are read at the run's first and last rows (the
+    # labels from the findings, by row: the sort moved only codes and numbers), its lists are
+    # made from the run boundaries (a group_by with unique().sort() per range cost 60% of the
+    # time on millions of findings), directly in the ranges' final order.
     head = np.flatnonzero(rows["_new"].to_numpy())
     bounds = np.append(head, rows.height)
     last = bounds[1:] - 1
     line = rows["line"].to_numpy()
-    at_head = rows.select(*key, "_mit_order")[head]
-    grouped = at_head.with_columns(
+    at_head = findings.select(*key)[rows["_row"].gather(head)].with_columns(
+        _mit_order=rows["_mit_order"].gather(head),
         start=pl.Series(line[head]),
         end=pl.Series(line[last] + np.uint64(line_size)),
         lines=pl.Series((line[last] - line[head]) // np.uint64(line_size) + np.uint64(1)),
         findings=pl.Series(np.diff(bounds).astype(np.uint32)),
-        kinds=_run_kinds(rows["_kind_rank"].to_numpy(), head),
-        seqs=_run_lists(rows["seq"], bounds),
-        other_seqs=_run_lists(rows["other_seq"], bounds),
     )
+    order = at_head.select(pl.arg_sort_by(["_mit_order", "start", "cause", "fix_after_seq", "fix_before_seq",
+                                           "fix_agent"], nulls_last=True)).to_series().to_numpy()
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
     return (
-        grouped.sort(["_mit_order", "start", "cause", "fix_after_seq", "fix_before_seq", "fix_agent"], nulls_last=True)
+        at_head[order]
+        .with_columns(kinds=_run_kinds(rows["_kind_rank"].to_numpy(), head).gather(pl.Series(order)),
+                      seqs=_run_lists(rows["seq"], bounds, rank),
+                      other_seqs=_run_lists(rows["other_seq"], bounds, rank))
         .select([pl.col(c).cast(t) for c, t in RANGES_SCHEMA.items()])
     )
 
@@ -160,13 +166,14 @@ def _run_kinds(rank: np.ndarray, head: np.ndarray) -> pl.Series:
     return table.gather(pl.Series(mask.astype(np.uint32)))
 
 
-def _run_lists(values: pl.Series, bounds: np.ndarray) -> pl.Series:
-    """Per run of rows ``[bounds[i], bounds[i+1])``: its distinct non-null values, ascending.
+def _run_lists(values: pl.Series, bounds: np.ndarray, rank: np.ndarray) -> pl.Series:
+    """Per run of rows ``[bounds[i], bounds[i+1])``: its distinct non-null values, ascending; the
+    lists in the order of the runs' ``rank``.
 
-    One sort of (run, value) packed in an integer, one pass to drop repeats, and the list
+    One sort of (rank, value) packed in an integer, one pass to drop repeats, and the list
     column is built from offsets: no per-run work in Python or in a group_by.
     """
-    run = np.repeat(np.arange(len(bounds) - 1, dtype=np.int64), np.diff(bounds))
+    run = np.repeat(rank, np.diff(bounds))
     keep = values.is_not_null().to_numpy()
     v = values.fill_null(0).to_numpy().astype(np.uint64)[keep]
     run = run[keep]
