@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -75,6 +76,21 @@ def test_unknown_mitigation_error_names_it_and_lists_the_known_ones():
         parse_spec("mair-trap++s2fwb")
     with pytest.raises(UnknownMitigationError):
         parse_spec("")
+
+
+def test_a_combination_names_each_mitigation_once():
+    """Regression: `-m guest-boot-inval+s2fwb+guest-boot-inval` applied it twice (its DC IVACs
+    inserted twice, its cost counted twice); a repeat in a combination is a usage error, exit 2."""
+    from typer.testing import CliRunner
+
+    from tracekit.cli import app
+    from tracekit.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"found 'guest-boot-inval' 2 times in 'guest-boot-inval\+s2fwb\+"):
+        parse_spec("guest-boot-inval+s2fwb+guest-boot-inval")
+    boot = Path(__file__).resolve().parent.parent / "sample-traces" / "boot-mmu-off.tkt"
+    r = CliRunner().invoke(app, ["analyze", str(boot), "-m", "none+none"])
+    assert r.exit_code == 2 and "expected each mitigation once in a combination" in r.output
 
 
 def test_expand_all_is_the_catalog_none_first():

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 import polars as pl
 
-from ..errors import TracekitError, UnknownMitigationError
+from ..errors import TracekitError, UnknownMitigationError, UsageError
 from ..model import SIDES, TraceInfo, seq_sub_key
 
 Frame = pl.LazyFrame | pl.DataFrame
@@ -715,6 +715,10 @@ def parse_spec(spec: str) -> list[str]:
         if not p:
             raise UnknownMitigationError(f"expected mitigation names joined by '+', found an empty name in {spec!r}")
         get_mitigation(p)
+    twice = [n for n, k in Counter(names).items() if k > 1]
+    if twice:  # (applied twice, a mitigation inserts its maintenance twice and counts its cost twice)
+        raise UsageError(f"expected each mitigation once in a combination, found {twice[0]!r} "
+                         f"{Counter(names)[twice[0]]} times in {spec!r}")
     return names
 
 
