@@ -477,7 +477,8 @@ def test_inputs_without_events_make_an_empty_trace_that_analyses_clean(tmp_path,
     r = runner.invoke(app, ["ingest", str(src), "-o", str(tmp_path / "t.parquet"), "-q"])
     assert r.exit_code == 0, r.output
     assert pq.ParquetFile(tmp_path / "t.parquet").metadata.num_rows == 0
-    r = runner.invoke(app, ["analyze", str(tmp_path / "t.parquet"), "-m", "all", "-o", str(tmp_path / "f.parquet"), "-q"])
+    r = runner.invoke(app, ["analyze", str(tmp_path / "t.parquet"), "-m", "all", "-o", str(tmp_path / "f.parquet"),
+                            "-q"])
     assert r.exit_code == 0, r.output
     replay_partitioned(tmp_path / "t.parquet", tmp_path / "p.parquet", ["none", "guest-boot-inval"], parts=2)
     for out in ("f.parquet", "p.parquet"):

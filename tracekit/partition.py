@@ -485,7 +485,6 @@ class _PartCost:
             "removed_ops": before.height - (after.height - inserted.height),
         }
 
-
     def run_edges(self, after: pl.DataFrame, names: Sequence[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Where the runs of lines that mitigations ``names`` merged meet lines this part does not own.
 
@@ -541,10 +540,8 @@ class _RunEdges:
         self.files: dict[int, list[Path]] = {}
 
     def add(self, m: int, p: int, starts: pl.DataFrame, ends: pl.DataFrame) -> None:
-        if starts.height == 0:
-            if ends.height == 0:
-                return
-            starts = starts.clear()
+        if starts.height == 0 and ends.height == 0:
+            return
         both = pl.concat([starts.with_columns(start=pl.lit(True)), ends.with_columns(start=pl.lit(False))])
         key = ["seq", "before", "agent", "region"]
         known = both.select(key).unique()

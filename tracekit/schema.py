@@ -393,7 +393,8 @@ def reading(path: str | os.PathLike[str], what: str) -> Iterator[None]:
     try:
         yield
     except (pl.exceptions.ComputeError, pa.ArrowException, OSError) as e:
-        raise TraceFormatError(f"{path}: expected {what}, found a damaged file ({' '.join(str(e).split())})") from None
+        said = " ".join(str(e).split())  # (pyarrow's messages span lines)
+        raise TraceFormatError(f"{path}: expected {what}, found a damaged file ({said})") from None
 
 
 def read_compact(path: str | os.PathLike[str], name: str, what: str) -> pl.DataFrame:
