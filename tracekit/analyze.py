@@ -23,8 +23,8 @@ from .engine import ENGINES, SPECULATION_MODELS, get_engine
 from .errors import UsageError
 from .model import TraceInfo
 from .resolve import resolve
-from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, polars_schema, read_compact,
-                     read_metadata, write_table)
+from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, info_of, polars_schema,
+                     read_compact, read_metadata, write_table)
 
 
 class Analysis:
@@ -348,7 +348,7 @@ def load_analysis(path: str | os.PathLike[str], *, lazy: bool = False) -> Analys
     from .mitigations import MitigationCost
 
     meta = read_metadata(path)
-    info = TraceInfo.from_dict(meta)
+    info = info_of(meta, path)
     costs = {s: MitigationCost.from_dict(c) for s, c in meta.get("costs", {}).items()}
     if lazy:
         return Analysis(None, costs, meta, info, findings_file=path)

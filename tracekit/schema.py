@@ -383,7 +383,13 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise TracekitError(f"{path}: expected a Parquet file written by tracekit, found: {e}") from None
     if META_KEY not in md:
         raise TracekitError(f"{path}: expected tracekit metadata (key 'tracekit'), found none")
-    return json.loads(md[META_KEY])
+    try:
+        meta = json.loads(md[META_KEY])
+    except ValueError as e:
+        raise TraceFormatError(f"{path}: expected its tracekit metadata as JSON, found: {e}") from None
+    if not isinstance(meta, dict):
+        raise TraceFormatError(f"{path}: expected its tracekit metadata as a JSON object, found {type(meta).__name__}")
+    return meta
 
 
 @contextlib.contextmanager
@@ -407,7 +413,23 @@ def read_compact(path: str | os.PathLike[str], name: str, what: str) -> pl.DataF
 
 
 def read_trace_info(path: str | os.PathLike[str]) -> TraceInfo:
-    return TraceInfo.from_dict(read_metadata(path))
+    """The trace settings a tracekit file records, checked (a damaged or hand-edited footer)."""
+    return info_of(read_metadata(path), path)
+
+
+def info_of(meta: dict[str, Any], path: str | os.PathLike[str]) -> TraceInfo:
+    """``TraceInfo.from_dict(meta)``, an error naming ``path`` when the settings are not ones
+    tracekit writes."""
+    try:
+        info = TraceInfo.from_dict(meta)
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise TraceFormatError(f"{path}: expected the trace settings (line size, regions, devices) in its "
+                               f"metadata, found: {e}") from None
+    ls = info.line_size
+    if not 4 <= ls <= 4096 or ls & (ls - 1):
+        raise TraceFormatError(f"{path}: expected a line size that is a power of two between 4 and 4096 in its "
+                               f"metadata, found {ls}")
+    return info
 
 
 def describe(name: str) -> str:

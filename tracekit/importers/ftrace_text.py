@@ -191,12 +191,18 @@ class FtraceTextImporter:
             fail_first(df.filter(pl.col("kind") == "unknown"), src,
                        "a trace line 'COMM-PID [CPU] TIMESTAMP: EVENT: TEXT' (trace_pipe, trace-cmd report "
                        "or perf script)")
+        vcpu = pl.col("head").str.extract(r"^\s*CPU (\d+)/KVM[- ]", 1)
         ev = (df if all_ev else df.filter(pl.col("kind") == "event")).with_columns(
-            pl.col("pid").cast(pl.Int64).alias("tid"),
+            pl.col("pid").cast(pl.Int64, strict=False).alias("tid"),
             pl.col("ts").cast(pl.Float64).alias("time"),
             pl.col("src_line").alias("_line"),
-            pl.col("head").str.extract(r"^\s*CPU (\d+)/KVM[- ]", 1).cast(pl.Int64).alias("vcpu"),
+            vcpu.cast(pl.Int64, strict=False).alias("vcpu"),
+            (vcpu.is_not_null() & vcpu.cast(pl.Int64, strict=False).is_null()).alias("_bad_vcpu"),
         )
+        fail_first(ev.filter(pl.col("tid").is_null() & pl.col("pid").is_not_null()), src,
+                   "a pid (a number below 2^63) after the task name, 'COMM-PID [CPU]'")
+        fail_first(ev.filter("_bad_vcpu"), src, "a vCPU number below 2^63 in 'CPU N/KVM'")
+        ev = ev.drop("_bad_vcpu")
         if ev.height == 0:
             return pl.DataFrame()
         present = set()  # the events of this batch

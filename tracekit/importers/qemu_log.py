@@ -46,7 +46,7 @@ from .base import ImportOptions, ImportResult
 from ._lines import EVENT_COLUMNS, fail_first, finish, iter_line_batches, side_expr
 from .tcg_plugin import (PluginState, current_vcpu_column, decode_execlog, decode_memcsv, execlog_mem_items,
                          split_execlog_rows, suffix_register_rows)
-from .trace_events import EventTable, fast_regex, load_table_lazily
+from .trace_events import EventTable, fast_regex, load_table_lazily, unfit_fields
 
 
 # --------------------------------------------------------------------------
@@ -231,6 +231,8 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
                     else:
                         ok = x.filter(hit.to_series())
                         sub = x.filter(~hit.to_series()).drop("_g")
+                    fail_first(ok.filter(unfit_fields(pl.col("_g"), d, keep)).with_columns(pl.col("rest").alias("line")),
+                               src, f"{name} arguments whose numbers fit in 64 bits")
                     ok = ok.with_columns(_typed(d, "_g", keep)).drop("_g")
                     if ok.height:
                         out.append(_map_event(name, ok, {f for f, _ in d.fields}, mapping, state, host, src))

@@ -370,6 +370,16 @@ _LAZY_STR = re.compile(r"(\(\?P<\w+>)\.\*\?\)")
 _fast_cache: dict[str, str | None] = {}
 
 
+def unfit_fields(groups: pl.Expr, ev: EventDef, only: list[str] | None = None) -> pl.Expr:
+    """True where a number field of ``ev`` (or of those named in ``only``) matched its format but
+    does not fit its type (more than 64 bits): the typed value would be a silent null."""
+    numbers = [(name, e) for (name, kind), e in zip((f for f in ev.fields if only is None or f[0] in only),
+                                                     typed_fields(groups, ev, only))
+               if kind in ("int", "uint", "hex", "ptr", "oct")]
+    return pl.any_horizontal([groups.struct.field(n).is_not_null() & e.is_null() for n, e in numbers]) \
+        if numbers else pl.lit(False)
+
+
 def typed_fields(groups: pl.Expr, ev: EventDef, only: list[str] | None = None) -> list[pl.Expr]:
     """The fields of an ``extract_groups`` struct of ``ev`` (or those named in ``only``), typed."""
     out = []
