@@ -8,7 +8,7 @@ too long for 64 bits, a line repeated, text inserted.
 
 Each failure this found became a named regression test beside it (ftrace pids and vCPU
 numbers beyond 64 bits, QEMU trace arguments beyond 64 bits, a trace Parquet whose metadata
-says a line size of -2).
+says a line size of -2 or a fractional region base, or whose op column says 'rad').
 """
 
 from __future__ import annotations
@@ -112,25 +112,40 @@ def test_regression_numbers_beyond_64_bits_are_named(tmp_path, source, line, pat
     assert r.exit_code == 2 and f"{path}:{line}: " in r.output and pattern in r.output, r.output
 
 
-@pytest.mark.parametrize("edit, said", [
-    ('"line_size": 64', "a line size that is a power of two between 4 and 4096 in its metadata, found -2"),
-    ('"regions": [', "expected the trace settings (line size, regions, devices) in its metadata"),
+@pytest.mark.parametrize("key, value, said", [
+    ("line_size", -2, "a line size that is a power of two between 4 and 4096 in its metadata, found -2"),
+    ("regions", [{"name": "r0"}], "expected the trace settings (line size, regions, devices) in its metadata"),
+    ("regions", [{"name": "r0", "base": 10.37, "size": 128}], "expected regions of NAME, BASE, SIZE"),
 ])
-def test_regression_a_trace_whose_metadata_was_edited_is_refused(tmp_path, edit, said):
+def test_regression_a_trace_whose_metadata_was_edited_is_refused(tmp_path, key, value, said):
     """Regression: a trace Parquet whose metadata said a line size of -2 was ingested and analysed
-    until polars failed to cast sizes; a region without its fields raised TypeError."""
+    until polars failed to cast sizes; a region without its fields raised TypeError; a region
+    at a fractional base failed to print in hex."""
     import json
 
     import pyarrow.parquet as pq
 
     table = pq.read_table(ROOT / "tests/data/two-runs-rank-order.parquet")
-    meta = json.loads(table.schema.metadata[b"tracekit"])
-    if "line_size" in edit:
-        meta["line_size"] = -2
-    else:
-        meta["regions"] = [{"name": "r0"}]
+    meta = {**json.loads(table.schema.metadata[b"tracekit"]), key: value}
     bad = tmp_path / "t.parquet"
     pq.write_table(table.replace_schema_metadata({b"tracekit": json.dumps(meta).encode()}), bad)
     for args in (["ingest", str(bad), "-o", str(tmp_path / "o.parquet")], ["analyze", str(bad)]):
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and str(bad) in r.output and said in r.output, (args, r.output)
+
+
+def test_regression_a_trace_with_a_word_outside_its_vocabulary_is_refused(tmp_path):
+    """Regression: a trace Parquet whose op column said 'rad' was ingested as it was, and analyze
+    died casting it to the op Enum; ingest names the row, analyze the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(ROOT / "tests/data/two-runs-rank-order.parquet")
+    ops = table.column("op").to_pylist()
+    ops[3] = "rad"
+    bad = tmp_path / "t.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("op"), "op", pa.array(ops)), bad)
+    r = runner.invoke(app, ["ingest", str(bad), "-o", str(tmp_path / "o.parquet")])
+    assert r.exit_code == 2 and f"{bad}: row 3: expected op one of read, write" in r.output and "'rad'" in r.output
+    r = runner.invoke(app, ["analyze", str(bad)])
+    assert r.exit_code == 2 and str(bad) in r.output and "column 'op'" in r.output, r.output

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import OutputExistsError, SchemaError, TraceFormatError, TracekitError
-from .model import TraceInfo
+from .model import MEMORY_TYPES, TraceInfo
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 META_KEY = b"tracekit"
@@ -398,7 +398,7 @@ def reading(path: str | os.PathLike[str], what: str) -> Iterator[None]:
     was sound) as a TraceFormatError naming the file and what it should have been."""
     try:
         yield
-    except (pl.exceptions.ComputeError, pa.ArrowException, OSError) as e:
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError, pa.ArrowException, OSError) as e:
         said = " ".join(str(e).split())  # (pyarrow's messages span lines)
         raise TraceFormatError(f"{path}: expected {what}, found a damaged file ({said})") from None
 
@@ -429,6 +429,17 @@ def info_of(meta: dict[str, Any], path: str | os.PathLike[str]) -> TraceInfo:
     if not 4 <= ls <= 4096 or ls & (ls - 1):
         raise TraceFormatError(f"{path}: expected a line size that is a power of two between 4 and 4096 in its "
                                f"metadata, found {ls}")
+    for r in info.regions:
+        whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (r.base, r.size))
+        if not (isinstance(r.name, str) and whole and r.base >= 0 and 1 <= r.size <= (1 << 64) - r.base
+                and r.kind in ("ram", "mmio") and r.s2 in MEMORY_TYPES and r.host in (*MEMORY_TYPES, "none")
+                and isinstance(r.shared, bool)):
+            raise TraceFormatError(f"{path}: expected regions of NAME, BASE, SIZE (whole numbers), kind ram or mmio "
+                                   f"and memory types in its metadata, found {r}")
+    for d in info.devices:
+        if not (isinstance(d.name, str) and isinstance(d.coherent, bool)):
+            raise TraceFormatError(f"{path}: expected devices of a name and coherent true or false in its metadata, "
+                                   f"found {d}")
     return info
 
 

@@ -59,8 +59,11 @@ class ParquetTraceImporter:
             with progress(total=rows, desc=f"reading {path.name}", unit="ev", unit_scale=True,
                           quiet=options.quiet) as bar:
                 try:
+                    row = 0
                     for b in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS):
                         df = conform(pl.from_arrow(b), TRACE_SCHEMA).drop("seq")
+                        _check_vocabulary(df, path, row)
+                        row += df.height
                         bar.update(df.height)
                         yield df
                 except (OSError, pa.ArrowException) as e:
@@ -69,6 +72,20 @@ class ParquetTraceImporter:
         return ImportResult(batches=batches(), info=info,
                             summary={"format": self.format, "events": rows,
                                      "note": "events keep their own src and src_line"})
+
+
+def _check_vocabulary(df: pl.DataFrame, path: Path, first_row: int) -> None:
+    """The closed vocabularies (side, op, cmo, attr) hold only their words: a file edited or
+    damaged by hand is refused here, where its row can be named, not later by a cast."""
+    from ..resolve import VOCABULARY
+
+    for col, dtype in VOCABULARY.items():
+        words = dtype.categories.to_list()
+        bad = df[col].is_not_null() & ~df[col].is_in(words)
+        if bad.any():
+            at = int(bad.arg_true()[0])
+            raise TraceFormatError(f"{path}: row {first_row + at}: expected {col} one of {', '.join(words)}, "
+                                   f"found {df[col][at]!r}")
 
 
 IMPORTER = ParquetTraceImporter()
