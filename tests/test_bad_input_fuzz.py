@@ -38,6 +38,8 @@ INPUTS = [ROOT / p for p in (
     "tests/data/din/extended.din",
     "tests/data/lackey/trace.lackey",
     "tests/data/two-runs-rank-order.parquet",
+    "tests/data/tabular/events.csv",
+    "tests/data/tabular/events.jsonl",
 )]
 EXAMPLES = int(os.environ.get("TRACEKIT_FUZZ_EXAMPLES", "150"))
 runner = CliRunner()
@@ -110,6 +112,20 @@ def test_regression_numbers_beyond_64_bits_are_named(tmp_path, source, line, pat
     path.write_bytes(b"\n".join(lines))
     r = runner.invoke(app, ["ingest", str(path), "-o", str(tmp_path / "t.parquet"), "-q"])
     assert r.exit_code == 2 and f"{path}:{line}: " in r.output and pattern in r.output, r.output
+
+
+def test_regression_a_carriage_return_inside_a_csv_line_is_named(tmp_path):
+    """Regression: a lone carriage return in a CSV row (or its header) made Python's csv module
+    raise while the importer looked for the line pyarrow refused: a traceback, not the line."""
+    text = (ROOT / "tests/data/tabular/events.csv").read_text()
+    path = tmp_path / "t.csv"
+    for line, damaged_text, said in ((2, text.replace("guest,sysreg,", "guest,sysreg\r,", 1),
+                                      "expected 12 comma-separated fields, found a carriage return"),
+                                     (1, text.replace("sysreg,", "sysreg\r,", 1),
+                                      "expected a CSV header of trace-v1 column names, found a carriage return")):
+        path.write_bytes(damaged_text.encode())
+        r = runner.invoke(app, ["ingest", str(path), "-o", str(tmp_path / "t.parquet")])
+        assert r.exit_code == 2 and f"{path}:{line}: {said}" in r.output, r.output
 
 
 @pytest.mark.parametrize("key, value, said", [

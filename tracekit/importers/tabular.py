@@ -354,7 +354,13 @@ class CsvImporter:
             raise TraceFormatError(f"{src}:1: expected a CSV header of trace-v1 column names, found an empty file")
         with open(path, "rb") as f:
             head = f.readline()
-        header = [n.strip() for n in next(csv.reader([decode(head, src, 1, 0)]), [])]
+        text = decode(head, src, 1, 0)
+        try:
+            header = [n.strip() for n in next(csv.reader([text]), [])]
+        except csv.Error as c:
+            what = "a carriage return inside the line" if "\r" in text.rstrip("\r\n") else str(c)
+            raise TraceFormatError(f"{src}:1: expected a CSV header of trace-v1 column names, found {what}: "
+                                   f"{text.rstrip(chr(13) + chr(10))[:80]!r}") from None
         check_columns(header, src)
         info = trace_info(path, options)
         result = ImportResult(batches=[], info=info, summary={"events": 0})
@@ -449,9 +455,14 @@ def _csv_error(path: Path, src: str, ncols: int, e: Exception) -> TraceFormatErr
                 return TraceFormatError(f"{src}:{i}: expected UTF-8 text, found byte 0x{raw[u.start]:02x}")
             if i == 1:
                 continue
-            fields = next(csv.reader([text]), [])
+            shown = text.rstrip("\r\n")
+            try:
+                fields = next(csv.reader([text]), [])
+            except csv.Error as c:
+                what = "a carriage return inside the line" if "\r" in shown else str(c)
+                return TraceFormatError(f"{src}:{i}: expected {ncols} comma-separated fields, found {what}: "
+                                        f"{shown[:80]!r}")
             if len(fields) != ncols:
-                shown = text.rstrip("\r\n")
                 return TraceFormatError(
                     f"{src}:{i}: expected {ncols} comma-separated fields, found {len(fields)}: '{shown[:80]}'")
     return TraceFormatError(f"{src}: expected CSV, found: {e}")
