@@ -432,10 +432,14 @@ class _PartCost:
         """Lines of the [_lo, _hi] line ranges that this part owns (``distinct``: each once)."""
         if lines.height == 0:
             return 0
-        each = lines.select(_line=pl.int_ranges("_lo", pl.col("_hi") + 1)).explode("_line")["_line"]
+        each = _each_line(lines)["line"]
         if distinct:
             each = each.unique()
-        return int(self.owns(each.to_numpy().astype(np.uint64) * np.uint64(self.ls)).sum())
+        return int(self.owns_lines(each.to_numpy()).sum())
+
+    def owns_lines(self, lines: np.ndarray) -> np.ndarray:
+        """Whether this part owns each of ``lines`` (uint64 line numbers)."""
+        return self.owns(lines * np.uint64(self.ls))
 
     def touched(self, ram: bool) -> int:
         """Owned lines the recorded trace's addressed events touch (of RAM regions only: ``ram``)."""
@@ -450,18 +454,13 @@ class _PartCost:
         return self._touched[ram]
 
     def __call__(self, after: pl.DataFrame, traps: dict[str, int]) -> dict[str, Any]:
-        from .mitigations.base import first_line, is_typed_access, last_line
+        from .mitigations.base import first_line, is_typed_access, last_line, retyped_entries, whole_cache_lines
 
         before, ls = self.before, self.ls
         inserted = after.select("sub", "op", "cmo", "addr", "size").filter(pl.col("sub") != 0)
         by_addr = inserted.filter(pl.col("addr").is_not_null())
-        whole = inserted.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
         lines = self.owned_lines(by_addr.select(_lo=first_line(ls), _hi=last_line(ls)), distinct=False)
-        n_ram = int((whole["cmo"] == "ram.civac").sum()) if whole.height else 0
-        if n_ram:  # a whole-RAM clean covers every RAM line the trace touches
-            lines += n_ram * self.touched(ram=True)
-        if whole.height - n_ram:  # any other whole-cache operation: every line the trace touches
-            lines += (whole.height - n_ram) * self.touched(ram=False)
+        lines += whole_cache_lines(inserted, self.touched)
         # retyped: the owned accesses of the part's trace, matched by seq to what the mitigation kept
         if self._counted is None:
             self._counted = before.select(is_typed_access()).to_series() & self.owned_rows(before)
@@ -475,7 +474,7 @@ class _PartCost:
         re = (changed.filter(pl.col("_from").ne_missing(pl.col("_to")))
               .group_by("_from", "_to").len()
               .with_columns(pl.col("_from").cast(pl.String), pl.col("_to").cast(pl.String)))
-        retyped = [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
+        retyped = retyped_entries(re)
         return {
             "traps": dict(traps),
             "inserted_ops": inserted.height - by_addr.height + int(self.owned_rows(by_addr).sum()),
@@ -509,20 +508,27 @@ class _PartCost:
                 .select("seq", before=pl.col("sub") < 0, agent=agent, region=pl.col("region").cast(pl.String),
                         _lo=first_line(self.ls), _hi=last_line(self.ls))
                 .collect())
-        key = ["seq", "before", "agent", "region"]
         if runs.height == 0:
-            empty = runs.select(*key, line=pl.col("_lo"))
+            empty = runs.select(*_RUN_KEY, line=pl.col("_lo"))
             return empty, empty
-        ls = np.uint64(self.ls)
         lo = runs["_lo"].to_numpy().astype(np.uint64)
         prev = np.where(lo > 0, lo - np.uint64(1), lo)  # (line 0 has none before it)
-        start = self.owns(lo * ls) & (lo > 0) & ~self.owns(prev * ls)
-        starts = runs.filter(pl.Series(start)).select(*key, line=pl.col("_lo"))
-        each = runs.select(*key, line=pl.int_ranges("_lo", pl.col("_hi") + 1, dtype=pl.UInt64)).explode("line")
+        start = self.owns_lines(lo) & (lo > 0) & ~self.owns_lines(prev)
+        starts = runs.filter(pl.Series(start)).select(*_RUN_KEY, line=pl.col("_lo"))
+        each = _each_line(runs, *_RUN_KEY)
         line = each["line"].to_numpy()
-        end = self.owns(line * ls) & ~self.owns((line + np.uint64(1)) * ls)
-        ends = each.filter(pl.Series(end)).select(*key, line=pl.col("line") + 1)
+        end = self.owns_lines(line) & ~self.owns_lines(line + np.uint64(1))
+        ends = each.filter(pl.Series(end)).select(*_RUN_KEY, line=pl.col("line") + 1)
         return starts, ends
+
+
+#: What makes runs of lines one operation in a whole run (``_PartCost.run_edges``).
+_RUN_KEY = ("seq", "before", "agent", "region")
+
+
+def _each_line(ranges: pl.DataFrame, *keep: str) -> pl.DataFrame:
+    """One row per line of each [_lo, _hi] line range (``line``, uint64), with the ``keep`` columns."""
+    return ranges.select(*keep, line=pl.int_ranges("_lo", pl.col("_hi") + 1, dtype=pl.UInt64)).explode("line")
 
 
 class _RunEdges:
@@ -543,7 +549,7 @@ class _RunEdges:
         if starts.height == 0 and ends.height == 0:
             return
         both = pl.concat([starts.with_columns(start=pl.lit(True)), ends.with_columns(start=pl.lit(False))])
-        key = ["seq", "before", "agent", "region"]
+        key = list(_RUN_KEY)
         known = both.select(key).unique()
         ids = known.with_columns(_key=pl.Series([self.keys.setdefault(k, len(self.keys)) for k in known.iter_rows()],
                                                 dtype=pl.UInt32))

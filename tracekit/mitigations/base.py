@@ -602,21 +602,35 @@ def mitigation_cost(before: Frame, after: Frame, info: TraceInfo,
     return _cost(ins, re, before, info, traps, removed)
 
 
+def whole_cache_lines(inserted: pl.DataFrame, touched: Callable[[bool], int]) -> int:
+    """Lines the whole-cache operations among ``inserted`` cover: a ``ram.civac`` every RAM line
+    the trace touches (``touched(True)``), any other every line it touches (``touched(False)``);
+    ``touched`` is only asked when such an operation is there."""
+    whole = inserted.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
+    n_ram = int((whole["cmo"] == "ram.civac").sum()) if whole.height else 0
+    rest = whole.height - n_ram
+    return (n_ram * touched(True) if n_ram else 0) + (rest * touched(False) if rest else 0)
+
+
+def retyped_entries(re: pl.DataFrame) -> list[dict[str, Any]]:
+    """``{from, to, count}`` of a (``_from``, ``_to``, ``len``) count frame, as a cost lists them."""
+    return [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
+
+
+def traps_dict(traps: Mapping[str, int] | None) -> dict[str, int]:
+    """Trap counts as a cost holds them: by name, none of zero."""
+    return {str(k): int(v) for k, v in sorted((traps or {}).items()) if v}
+
+
 def _cost(ins: pl.DataFrame, re: pl.DataFrame, before: Frame, info: TraceInfo,
           traps: Mapping[str, int] | None, removed: int) -> MitigationCost:
     ls = info.line_size
     by_addr = ins.filter(pl.col("addr").is_not_null())
     lines = int(by_addr.select((last_line(ls) - first_line(ls) + 1).sum()).item() or 0) if by_addr.height else 0
-    whole = ins.filter(pl.col("addr").is_null() & (pl.col("op") == "cmo"))
-    if whole.height:
-        n_ram = int((whole["cmo"] == "ram.civac").sum())
-        if n_ram:
-            lines += n_ram * ram_lines_touched(before, ls)
-        if whole.height - n_ram:
-            lines += (whole.height - n_ram) * _lines_touched(before, ls)
-    retyped = [{"from": r["_from"], "to": r["_to"], "count": int(r["len"])} for r in re.iter_rows(named=True)]
+    lines += whole_cache_lines(ins, lambda ram: (ram_lines_touched if ram else _lines_touched)(before, ls))
+    retyped = retyped_entries(re)
     return MitigationCost(
-        traps={k: int(v) for k, v in sorted((traps or {}).items()) if v},
+        traps=traps_dict(traps),
         inserted_ops=ins.height,
         inserted_lines=lines,
         retyped_accesses=sum(r["count"] for r in retyped),
@@ -808,7 +822,7 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
     if ordered and not _ordered(frame):
         frame = frame.sort("seq", "sub", maintain_order=True)
     if not cost:
-        return frame, info, MitigationCost(traps={k: int(v) for k, v in sorted(traps.items()) if v})
+        return frame, info, MitigationCost(traps=traps_dict(traps))
     return frame, info, mitigation_cost(resolved, frame, info, traps)
 
 
