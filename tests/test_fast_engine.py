@@ -395,6 +395,36 @@ def test_two_run_order_merges_a_frame_and_its_appended_events(keys, want):
     assert two_run_order(seq, sub).tolist() == want
 
 
+@pytest.mark.parametrize("high_bits", [1, 5, 11, 12, 25, 40])
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
+    """The pieces' and the findings' sorts are LSD radix sorts (one to four passes by the
+    width asked for, a pass whose digit is the same for every key skipped): each must give
+    what a stable comparison sort gives, for keys with many repeats and for few, and carry
+    the values along."""
+    import numpy as np
+
+    from tracekit.engine._fast_kernel import argsort_u64, sort_pairs_by_high
+
+    rng = np.random.default_rng(high_bits * 1000 + n)
+    distinct = max(1, min(n // 3, 1 << high_bits))
+    values = rng.integers(0, 1 << high_bits, size=distinct, dtype=np.uint64)
+    high = values[rng.integers(0, distinct, size=n)] if n else np.zeros(0, np.uint64)
+    low_bits = max(1, (n - 1).bit_length())
+    key = (high << np.uint64(low_bits)) | np.arange(n, dtype=np.uint64)  # as fast.explode packs them
+    payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
+    work, carried = key.copy(), payload.copy()
+    spare_key, spare_value = np.empty_like(key), np.empty_like(key)
+    if sort_pairs_by_high(work, carried, spare_key, spare_value, low_bits, high_bits):
+        work, carried = spare_key, spare_value
+    order = np.argsort(key, kind="stable")
+    assert np.array_equal(work, key[order])
+    assert np.array_equal(carried, payload[order])
+    before = high.copy()
+    assert np.array_equal(argsort_u64(high, high_bits), np.argsort(high, kind="stable"))
+    assert np.array_equal(high, before)
+
+
 def test_inserted_events_of_both_runs_are_cut_in_rank_order():
     """Regression (a trace hypothesis found for test_analyze_of_the_whole_catalog_gives_the_
     reference_findings, kept in tests/data): under apply_mitigation(..., ordered=False),

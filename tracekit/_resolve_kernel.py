@@ -19,14 +19,15 @@ NONE = 255
 
 
 @njit(cache=True, nogil=True)
-def resolve_codes(op, side, attr, has_idx, attr_index, agent, reg, value, has_value, pick,
+def resolve_codes(op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, value, has_value, pick,
                   s2_of_region, host_of_region, ram_region, dev_type, zva, fwb_trace, n_agents,
                   mair_codes, path_codes, c):
     """Return sctlr, mair, s1_decl, s1_type, s2_type, mem_type, path, type_source, fwb (255: null).
 
     ``c`` holds the vocabulary codes: [READ, WRITE, IFETCH, SYSREG, GUEST, HOST, DEV, DEV_T, NC, WT, WB,
     SCTLR_M, SCTLR_C, SCTLR_I, SRC_MMU_OFF, SRC_ATTR, SRC_MAIR, SRC_ASSUMED, SRC_HOST_MAP, SRC_HOST_ATTR,
-    SRC_DEVICE, SRC_DEVICE_ATTR]. ``agent`` is the vCPU's number for guest events (-1 elsewhere);
+    SRC_DEVICE, SRC_DEVICE_ATTR]. ``agent`` holds the agents' codes, ``vcpu_of`` the number of
+    each guest agent's code (``vcpu_numbers``);
     ``reg`` is 1 for an SCTLR_EL1 write, 2 for a MAIR_EL1 write, 0 otherwise.
     """
     n = op.shape[0]
@@ -49,7 +50,7 @@ def resolve_codes(op, side, attr, has_idx, attr_index, agent, reg, value, has_va
         o = op[i]
         s = side[i]
         if s == GUEST:
-            a = agent[i]
+            a = vcpu_of[agent[i]]
             if o == SYSREG and reg[i] != 0:
                 v = value[i] if has_value[i] else np.uint64(0)
                 if reg[i] == 1:
@@ -105,11 +106,37 @@ def resolve_codes(op, side, attr, has_idx, attr_index, agent, reg, value, has_va
 
 
 @njit(cache=True, nogil=True)
+def vcpu_numbers(agent, side, guest):
+    """The vCPUs' numbers (0, 1, ... in code order) at their agent codes, -1 at the others',
+    and how many: one pass, where a count of the codes of the guest's events made two
+    10 M-element temporaries."""
+    seen = np.zeros(1, np.bool_)
+    for i in range(agent.shape[0]):
+        if side[i] == guest:
+            a = agent[i]
+            if a >= seen.shape[0]:
+                grown = np.zeros(max(np.int64(a) + 1, 2 * seen.shape[0]), np.bool_)
+                grown[:seen.shape[0]] = seen
+                seen = grown
+            seen[a] = True
+    number = np.full(seen.shape[0], -1, np.int64)
+    n = 0
+    for a in range(seen.shape[0]):
+        if seen[a]:
+            number[a] = n
+            n += 1
+    return number, n
+
+
+@njit(cache=True, nogil=True)
 def region_pick(addr, has_addr, bases, ends, unbounded):
-    """Index of the region holding each address (``len(bases)`` for none): bases sorted, regions disjoint."""
+    """Index of the region holding each address (``len(bases)`` for none): bases sorted, regions disjoint.
+
+    uint32: what polars gathers by, and half the pages of int64 to fault in.
+    """
     n = addr.shape[0]
     k = bases.shape[0]
-    out = np.full(n, k, np.int64)
+    out = np.full(n, k, np.uint32)
     last = 0  # consecutive events mostly hit the same region: try it first
     for i in range(n):
         if not has_addr[i]:

@@ -83,6 +83,25 @@ def _codes(series: pl.Series, dtype: pl.DataType) -> np.ndarray:
     return series.cast(dtype).to_physical().fill_null(_NONE).cast(pl.UInt8).to_numpy()
 
 
+def _numbers(series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """A numeric column's values, not copied (read-only; anything at a null), and where it is
+    not null.
+
+    ``fill_null(0).to_numpy()`` copies a column with nulls: 80 MB for 10 M addresses, every
+    page of it faulted in anew.
+    """
+    arr = series.rechunk().to_arrow()
+    n, off = len(arr), arr.offset
+    validity, data = arr.buffers()[:2]
+    dtype = np.dtype(arr.type.to_pandas_dtype())
+    if data is None:  # (no rows)
+        return np.zeros(0, dtype), np.zeros(0, np.bool_)
+    values = np.frombuffer(data, dtype=dtype, count=off + n)[off:]
+    if validity is None:
+        return values, np.ones(n, np.bool_)
+    return values, np.unpackbits(np.frombuffer(validity, np.uint8), count=off + n, bitorder="little")[off:].view(np.bool_)
+
+
 def region_enum(info: TraceInfo) -> pl.Enum:
     """The dtype of the ``region`` column: an Enum of the trace's region names."""
     return pl.Enum(sorted({r.name for r in info.effective_regions()}))
@@ -97,10 +116,10 @@ def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame,
     bases = np.array([r.base for r in regions], dtype=np.uint64)
     ends = np.array([min(r.end, (1 << 64) - 1) for r in regions], dtype=np.uint64)
     unbounded = np.array([r.end >= (1 << 64) for r in regions], dtype=bool)
-    pick = _kernel().region_pick(events["addr"].fill_null(0).to_numpy(), events["addr"].is_not_null().to_numpy(),
+    pick = _kernel().region_pick(*_numbers(events["addr"]),
                                  bases, ends, unbounded)
     names = region_enum(info)
-    index = pl.Series(pick.astype(np.uint32))  # polars gathers by u32: converted once, not per column
+    index = pl.Series(pick)  # (uint32: polars gathers by it as it is)
 
     def column(values: list, dtype: pl.DataType) -> pl.Series:
         """The region attribute of each event: a gather by region index (index len(regions),
@@ -167,18 +186,11 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     access = (op == _OP["read"]) | (op == _OP["write"]) | (op == _OP["ifetch"])
     _check_regions(events, access, pick, len(regions))
 
-    # the vCPUs, numbered densely, and their SCTLR_EL1 / MAIR_EL1 writes
+    # the vCPUs, numbered densely (agent codes are few and small, a Categorical's), and their
+    # SCTLR_EL1 / MAIR_EL1 writes
     is_guest = side == _GUEST
-    agent = np.full(len(op), -1, np.int64)
-    n_agents = 0
-    if is_guest.any():
-        # agent codes are few and small (a Categorical's): count them instead of sorting 10 M
-        phys = events["agent"].to_physical().to_numpy()
-        vcpus = np.flatnonzero(np.bincount(phys[is_guest]))
-        lut = np.full(int(phys.max()) + 1, -1, np.int64)  # -1 for every agent but the vCPUs
-        lut[vcpus] = np.arange(len(vcpus))
-        agent = np.where(is_guest, lut[phys], -1)
-        n_agents = len(vcpus)
+    agent = events["agent"].to_physical().to_numpy()
+    vcpu_of, n_agents = _kernel().vcpu_numbers(agent, side, _GUEST)
     reg = events.select(pl.when(pl.col("sysreg") == "SCTLR_EL1").then(1).when(pl.col("sysreg") == "MAIR_EL1")
                         .then(2).otherwise(0).cast(pl.UInt8))
     value = events["value"]
@@ -190,8 +202,8 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     dev_type = _device_types(events, info, dev)
     sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb = _kernel().resolve_codes(
         op, side, _codes(events["attr"], TYPE_ENUM), events["attr_index"].is_not_null().to_numpy(),
-        events["attr_index"].fill_null(0).to_numpy().astype(np.uint8), agent, reg.to_series().to_numpy(),
-        value.fill_null(0).to_numpy().astype(np.uint64, copy=False), value.is_not_null().to_numpy(), pick,
+        events["attr_index"].fill_null(0).to_numpy().astype(np.uint8), agent, vcpu_of, reg.to_series().to_numpy(),
+        *_numbers(value), pick,
         s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb), n_agents,
         _MAIR_CODES, _PATH_CODES, _KERNEL_CODES)
     not_guest = pl.Series(~is_guest)
@@ -228,10 +240,9 @@ def warm_up():
         try:
             k = _kernel()
             empty = np.zeros(0, np.uint64)
-            # the addresses as region_columns passes them (polars' read-only view): an array
-            # numba types otherwise would load, or compile, a version no call uses
-            addr = pl.Series([None], dtype=pl.UInt64).fill_null(0).to_numpy()  # (an empty one is writable)
-            k.region_pick(addr, np.zeros(1, np.bool_), empty, empty, np.zeros(0, np.bool_))
+            # the addresses as region_columns passes them (read-only, as _numbers gives them): an
+            # array numba types otherwise would load, or compile, a version no call uses
+            k.region_pick(*_numbers(pl.Series([None], dtype=pl.UInt64)), empty, empty, np.zeros(0, np.bool_))
         except Exception:  # noqa: BLE001 - the real call reports it
             pass
 

@@ -81,74 +81,64 @@ def _lookup_tables(stage2: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     return op, cmo, path, eff
 
 
-def _event_codes(events: pl.DataFrame, info: TraceInfo, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Per event acting on lines by address: pos, code, addr, size, path, effect bits, host-cacheable, RAM.
-
-    The resolved frame holds Enums: their integer codes go through small lookup
-    tables (numpy), no string is compared. The effect bits of a guest's maintenance
-    are those of its stage-2 upgrade (DC IVAC acts as CIVAC).
-    """
-    from ..resolve import PATH_ENUM, REGION_KIND_ENUM, VOCABULARY, _codes
-    from . import _fast_kernel as K
-
-    ev = events if rows is None else events[rows]
-    op_lut, cmo_lut, path_lut, eff_lut = _lookup_tables(info.stage2)
-    idx, code, addr, size, path, eff, hostc, ram = K.event_codes(
-        _codes(ev["op"], VOCABULARY["op"]), _codes(ev["cmo"], VOCABULARY["cmo"]),
-        _codes(ev["side"], VOCABULARY["side"]), _codes(ev["path"], PATH_ENUM),
-        _codes(ev["region_kind"], REGION_KIND_ENUM), ev["addr"].fill_null(0).to_numpy(),
-        ev["addr"].is_not_null().to_numpy(), ev["size"].fill_null(0).to_numpy(), ev["size"].is_not_null().to_numpy(),
-        ev["host_cacheable"].fill_null(False).to_numpy(), SIDES.index("guest"), OPS.index("cmo"),
-        op_lut, cmo_lut, path_lut, eff_lut)
-    return {"pos": idx if rows is None else rows[idx].astype(np.int64), "code": code, "addr": addr, "size": size,
-            "path": path, "eff": eff, "hostc": hostc, "ram": ram}
-
-
 def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = None,
             ranks: "_Ranks | None" = None) -> Pieces:
     """Cut events (or the ``rows`` subset) into per-line pieces, sorted by (line, pos).
 
     ``ranks``: the frame's rows are not in (seq, sub) order; a piece's position is its
     event's rank in that order, not its row.
+
+    Two compiled passes over the frame's codes (count, then cut into packed sort keys), a
+    radix sort carrying the attributes, and a pass taking the keys apart: no array per event
+    in between, no gather at random, and the sort's second buffer becomes the positions'
+    array. Each fresh array of 10 M elements costs about 0.1 s of page faults on the
+    benchmark machine, more than the pass that fills it.
     """
     from . import _fast_kernel as K
 
-    ev = _event_codes(events, info, rows)
+    from ..resolve import PATH_ENUM, REGION_KIND_ENUM, VOCABULARY, _codes, _numbers
+
+    every = rows is None and ranks is None
+    rank_of = np.zeros(0, np.int64)
     if ranks is not None:
-        pos = ranks(ev["pos"])
+        rank_of = ranks.of
+        rows = np.arange(events.height, dtype=np.int64) if rows is None else rows
+        pos = rank_of[rows]
         if len(pos) > 1 and not bool(np.all(pos[1:] > pos[:-1])):
-            # the rows' ranks are not ascending (inserted events of both runs): the cut below
-            # keeps its input's order within a line, so the events go in rank order first
-            order = np.argsort(pos, kind="stable")
-            ev = {k: v[order] for k, v in ev.items()}
-            pos = pos[order]
-        ev["pos"] = pos
-    code = ev["code"]
-    zva = code == _ZVA
-    code = np.where(zva, WRITE, code).astype(np.int8)
-    # the pieces' arrays come from numpy, which puts big arrays on transparent huge pages
-    # (numba's allocator does not): the sort's gather below reads them at random, and took
-    # 0.48 s on 4 KiB pages, 0.33 s on huge ones (11.3 M pieces)
-    total = K.piece_count(ev["addr"], ev["size"], zva, code, info.line_size)
-    line, pos, attr = np.empty(total, np.uint64), np.empty(total, np.int64), np.empty(total, np.uint64)
-    K.explode_into(ev["pos"], ev["addr"], ev["size"], zva, code, ev["path"], ev["eff"], ev["hostc"], ev["ram"],
-                   info.line_size, line, pos, attr)
-    del ev, code, zva  # ~30 bytes an event: freed before the sort, which is the peak
-    n = len(line)
-    if n == 0:
-        return Pieces(line, pos, attr)
-    lmin = line.min()
-    bits = max(1, int(n - 1).bit_length())
-    if int(line.max() - lmin) < (1 << (63 - bits)):
-        # one packed integer key per piece: (line - min) << bits | index, unique, sorted in place
-        key = K.packed_order(line, lmin, bits)
-        del line  # the key holds it
-        key.sort()
-        out = Pieces(np.empty(n, np.uint64), np.empty(n, np.int64), np.empty(n, np.uint64))
-        K.sorted_pieces(key, bits, lmin, pos, attr, out.line, out.pos, out.attr)
-        return out
-    # lines too far apart to pack: a stable sort on the line keeps position order within a line
-    return Pieces(line, pos, attr).take(np.argsort(line, kind="stable"))
+            # the rows' ranks are not ascending (inserted events of both runs): the cut keeps its
+            # input's order within a line, so the rows go in rank order
+            rows = rows[np.argsort(pos, kind="stable")]
+    rows = np.zeros(0, np.int64) if every else np.asarray(rows, np.int64)
+    op = _codes(events["op"], VOCABULARY["op"])
+    cmo = _codes(events["cmo"], VOCABULARY["cmo"])
+    addr, has_addr = _numbers(events["addr"])
+    size, has_size = _numbers(events["size"])
+    op_lut, cmo_lut, path_lut, eff_lut = _lookup_tables(info.stage2)
+    cmo_op = OPS.index("cmo")
+    total, lmin, lmax = K.count_pieces(rows, every, op, cmo, addr, has_addr, size, has_size, cmo_op, op_lut,
+                                       cmo_lut, info.line_size)
+    lmin = np.uint64(lmin if total else 0)  # (as the kernels take it, whatever its size)
+    pos_bits = max(1, int(events.height - 1).bit_length())
+    line_bits = max(1, int(lmax - lmin).bit_length()) if total else 1
+    # one packed integer key per piece, (line - lmin) << pos_bits | position, when the lines are
+    # near enough; else the line, and a stable sort by it keeps position order within a line
+    packed = line_bits + pos_bits <= 63
+    key, attr = np.empty(total, np.uint64), np.empty(total, np.uint64)
+    pos = np.empty(0 if packed else total, np.int64)
+    K.cut_pieces(rows, every, rank_of, op, cmo, _codes(events["side"], VOCABULARY["side"]),
+                 _codes(events["path"], PATH_ENUM), _codes(events["region_kind"], REGION_KIND_ENUM), addr, has_addr,
+                 size, has_size, events["host_cacheable"].fill_null(False).to_numpy(), SIDES.index("guest"), cmo_op,
+                 op_lut, cmo_lut, path_lut, eff_lut, info.line_size, lmin, pos_bits, packed, key, attr, pos)
+    del op, cmo, addr, has_addr, size, has_size
+    if not packed:
+        return Pieces(key, pos, attr).take(np.argsort(key, kind="stable"))
+    spare_key, spare_attr = np.empty(total, np.uint64), np.empty(total, np.uint64)
+    if K.sort_pairs_by_high(key, attr, spare_key, spare_attr, pos_bits, line_bits):
+        key, attr, spare_key = spare_key, spare_attr, key
+    del spare_attr
+    pos = spare_key.view(np.int64)  # (the sort's other buffer)
+    K.split_keys(key, pos_bits, lmin, pos)  # the keys become the lines in place
+    return Pieces(key, pos, attr)
 
 
 def global_ops(events: pl.DataFrame, info: TraceInfo, ranks: "_Ranks | None" = None
@@ -224,8 +214,10 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
     rank_bits = max(1, int(rank[-1]).bit_length())
     pos_bits = max(1, int(pos.max()).bit_length())
     if pos_bits + rank_bits + 5 <= 63:
+        from ._fast_kernel import argsort_u64
+
         key = (pos << (rank_bits + 5)) | (rank << 5) | (kind * 8 + cause)
-        return np.argsort(key)
+        return argsort_u64(key.astype(np.uint64, copy=False), pos_bits + rank_bits + 5)
     return np.lexsort((cause, kind, line, pos))
 
 
