@@ -106,22 +106,17 @@ def resolve_codes(op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, valu
 
 
 @njit(cache=True, nogil=True)
-def vcpu_numbers(agent, side, guest):
-    """The vCPUs' numbers (0, 1, ... in code order) at their agent codes, -1 at the others',
-    and how many: one pass, where a count of the codes of the guest's events made two
-    10 M-element temporaries."""
-    seen = np.zeros(1, np.bool_)
+def vcpu_numbers(agent, side, guest, n_codes):
+    """The vCPUs' numbers (0, 1, ... in code order) at their agent codes (< ``n_codes``), -1
+    at the others', and how many: one pass, where a count of the codes of the guest's events
+    made two 10 M-element temporaries."""
+    seen = np.zeros(n_codes, np.bool_)
     for i in range(agent.shape[0]):
         if side[i] == guest:
-            a = agent[i]
-            if a >= seen.shape[0]:
-                grown = np.zeros(max(np.int64(a) + 1, 2 * seen.shape[0]), np.bool_)
-                grown[:seen.shape[0]] = seen
-                seen = grown
-            seen[a] = True
-    number = np.full(seen.shape[0], -1, np.int64)
+            seen[agent[i]] = True
+    number = np.full(n_codes, -1, np.int64)
     n = 0
-    for a in range(seen.shape[0]):
+    for a in range(n_codes):
         if seen[a]:
             number[a] = n
             n += 1

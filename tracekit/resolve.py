@@ -190,7 +190,7 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     # SCTLR_EL1 / MAIR_EL1 writes
     is_guest = side == _GUEST
     agent = events["agent"].to_physical().to_numpy()
-    vcpu_of, n_agents = _kernel().vcpu_numbers(agent, side, _GUEST)
+    vcpu_of, n_agents = _kernel().vcpu_numbers(agent, side, _GUEST, int(agent.max()) + 1 if len(agent) else 0)
     reg = events.select(pl.when(pl.col("sysreg") == "SCTLR_EL1").then(1).when(pl.col("sysreg") == "MAIR_EL1")
                         .then(2).otherwise(0).cast(pl.UInt8))
     value = events["value"]

@@ -546,17 +546,6 @@ def sort_pairs_by_high(key, value, spare_key, spare_value, shift, nbits):
     return swapped
 
 
-@njit(cache=True, nogil=True)
-def argsort_u64(key, nbits):
-    """The stable order of ``key`` by its low ``nbits`` bits (the caller's keys are left as they are)."""
-    n = key.shape[0]
-    work, rows = key.copy(), np.arange(n).astype(np.uint64)
-    spare_key, spare_rows = np.empty(n, np.uint64), np.empty(n, np.uint64)
-    if sort_pairs_by_high(work, rows, spare_key, spare_rows, 0, nbits):
-        rows = spare_rows
-    return rows.view(np.int64)
-
-
 @njit(cache=True, inline="always")
 def _offsets(counts, n):
     """Turn a pass's digit counts into the digits' first places; True when one digit has them all."""

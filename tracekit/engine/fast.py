@@ -214,11 +214,21 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
     rank_bits = max(1, int(rank[-1]).bit_length())
     pos_bits = max(1, int(pos.max()).bit_length())
     if pos_bits + rank_bits + 5 <= 63:
-        from ._fast_kernel import argsort_u64
-
         key = (pos << (rank_bits + 5)) | (rank << 5) | (kind * 8 + cause)
-        return argsort_u64(key.astype(np.uint64, copy=False), pos_bits + rank_bits + 5)
+        return stable_order(key.astype(np.uint64), pos_bits + rank_bits + 5)
     return np.lexsort((cause, kind, line, pos))
+
+
+def stable_order(key: np.ndarray, nbits: int) -> np.ndarray:
+    """The stable sort order of uint64 ``key`` (values below 2**nbits), by the pieces' radix
+    sort carrying the rows (one compiled sort for both; ``key`` is overwritten)."""
+    from ._fast_kernel import sort_pairs_by_high
+
+    rows = np.arange(len(key), dtype=np.uint64)
+    spare_key, spare_rows = np.empty_like(key), np.empty_like(rows)
+    if sort_pairs_by_high(key, rows, spare_key, spare_rows, 0, nbits):
+        rows = spare_rows
+    return rows.view(np.int64)
 
 
 class _Source:
