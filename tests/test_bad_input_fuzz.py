@@ -8,7 +8,11 @@ too long for 64 bits, a line repeated, text inserted.
 
 Each failure this found became a named regression test beside it (ftrace pids and vCPU
 numbers beyond 64 bits, QEMU trace arguments beyond 64 bits, a trace Parquet whose metadata
-says a line size of -2 or a fractional region base, or whose op column says 'rad').
+says a line size of -2 or a fractional region base, or whose op column says 'rad'). The
+files an input is read with (--trace-events, --mapping, --guest-map, --settings) are damaged
+the same way: a mapping that is not UTF-8, or with a number beyond 64 bits, a mapping error
+that did not name its file, a trace-events signature without an argument tracekit reads, a
+guest map number beyond 64 bits.
 """
 
 from __future__ import annotations
@@ -96,6 +100,42 @@ def test_the_samples_import_undamaged(tmp_path):
     for source in INPUTS:
         r = runner.invoke(app, ["ingest", str(source), "-o", str(tmp_path / "t.parquet"), "-q", "--force"])
         assert r.exit_code == 0, (source, r.output)
+    for source, fixed, option, companion in COMPANIONS:
+        r = runner.invoke(app, ["ingest", str(source), *fixed, option, str(companion), "-o",
+                                str(tmp_path / "t.parquet"), "-q", "--force"])
+        assert r.exit_code == 0, (source, option, r.output)
+
+
+#: The files an input is read with (an input of the repository's own that imports with it,
+#: and the other files it needs): QEMU's trace-events signatures, a TOML mapping of further
+#: QEMU events, guest maps in both forms, and a settings file for a CSV.
+_TE = ("--trace-events", str(ROOT / "tests/data/qemu/trace-events-excerpt"))
+COMPANIONS = [(ROOT / a, fixed, option, ROOT / b) for a, fixed, option, b in (
+    ("tests/data/qemu/events-all-forms.log", (), "--trace-events", "tests/data/qemu/trace-events-excerpt"),
+    ("tests/data/qemu/events-all-forms.log", _TE, "--mapping", "tests/data/qemu/mapping.toml"),
+    ("tests/data/qemu/execlog-72.log", (), "--guest-map", "tests/data/qemu/identity-map.txt"),
+    ("tests/data/qemu/execlog-72.log", (), "--guest-map", "tests/data/qemu/guest-map.toml"),
+    ("sample-traces/qemu/execlog.log", (), "--guest-map", "sample-traces/qemu/guest-map.txt"),
+    ("tests/data/tabular/events.csv", (), "--settings", "sample-traces/qemu/settings.tkt"),
+)]
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=st.sampled_from(COMPANIONS),
+       how=st.sampled_from(["cut", "byte", "insert", "not-a-digit", "too-long", "repeat-line"]),
+       at=st.integers(0, 1 << 20),
+       text=st.sampled_from([b"\xff", b"\x00", b"\n", b"-", b"0x", b"=", b"[", b'"', b"\t", b"\xc3(", b"(int x"]))
+def test_a_damaged_companion_file_is_used_or_refused_with_a_message(tmp_path, pair, how, at, text):
+    """The same rule for the files an input is read with (--trace-events, --mapping,
+    --guest-map, --settings): a damaged one is refused naming it, or the input imports."""
+    source, fixed, option, companion = pair
+    path = tmp_path / companion.name
+    path.write_bytes(damaged(companion.read_bytes(), how, at, text))
+    r = runner.invoke(app, ["ingest", str(source), *fixed, option, str(path), "-o", str(tmp_path / "t.parquet"),
+                            "-q", "--force"])
+    assert _fails_cleanly(r), (option, how, at, text, r.output, r.exception)
+    if r.exit_code == 2:
+        assert r.output.startswith("tracekit: error: ") and (companion.name in r.output or source.name in r.output)
 
 
 @pytest.mark.parametrize("source, line, pattern", [
@@ -165,3 +205,59 @@ def test_regression_a_trace_with_a_word_outside_its_vocabulary_is_refused(tmp_pa
     assert r.exit_code == 2 and f"{bad}: row 3: expected op one of read, write" in r.output and "'rad'" in r.output
     r = runner.invoke(app, ["analyze", str(bad)])
     assert r.exit_code == 2 and str(bad) in r.output and "column 'op'" in r.output, r.output
+
+
+def _ingest_with(tmp_path, source: str, *args: str):
+    return runner.invoke(app, ["ingest", str(ROOT / source), *args, "-o", str(tmp_path / "t.parquet"), "-q",
+                               "--force"])
+
+
+def test_regression_a_mapping_that_is_not_utf8_is_named(tmp_path):
+    """Regression: a --mapping file with a byte that is not UTF-8 raised UnicodeDecodeError."""
+    bad = tmp_path / "m.toml"
+    bad.write_bytes(b"# \xff\n[events.virtio_balloon_handle_output]\nop = \"marker\"\n")
+    r = _ingest_with(tmp_path, "tests/data/qemu/events-all-forms.log", *_TE, "--mapping", str(bad))
+    assert r.exit_code == 2 and f"{bad}:1: expected UTF-8 text, found byte 0xff" in r.output, r.output
+
+
+def test_regression_a_mapping_naming_no_argument_of_its_event_names_its_file(tmp_path):
+    """Regression: 'mapping of EVENT: names argument ...' did not say which file."""
+    bad = tmp_path / "m.toml"
+    bad.write_text((ROOT / "tests/data/qemu/mapping.toml").read_text().replace('addr = "gpa"', 'addr = "-pa"'))
+    r = _ingest_with(tmp_path, "tests/data/qemu/events-all-forms.log", *_TE, "--mapping", str(bad))
+    assert r.exit_code == 2 and f"{bad}: [events.virtio_balloon_handle_output]: names argument '-pa'" in r.output
+
+
+@pytest.mark.parametrize("size", ["99999999999999999999994096", "-1", "4.5", "[1]"])
+def test_regression_a_mapping_number_beyond_64_bits_is_refused(tmp_path, size):
+    """Regression: size = 99999999999999999999994096 in a --mapping file failed a cast to u64."""
+    bad = tmp_path / "m.toml"
+    bad.write_text((ROOT / "tests/data/qemu/mapping.toml").read_text().replace("size = 4096", f"size = {size}"))
+    r = _ingest_with(tmp_path, "tests/data/qemu/events-all-forms.log", *_TE, "--mapping", str(bad))
+    assert r.exit_code == 2 and f"{bad}: [events.virtio_balloon_handle_output]: expected size an argument name " \
+        "or a number from 0 to 2**64 - 1" in r.output, r.output
+
+
+def test_regression_trace_events_without_an_argument_tracekit_reads_are_named(tmp_path):
+    """Regression: a trace-events signature of memory_region_ops_read without its addr argument
+    (a damaged file) ended in polars' ColumnNotFoundError."""
+    te = tmp_path / "trace-events"
+    te.write_text((ROOT / "tests/data/qemu/trace-events-excerpt").read_text()
+                  .replace("uint64_t addr, uint64_t value, unsigned size, const char *name) \"cpu %d mr %p addr",
+                           "uint64_t adr, uint64_t value, unsigned size, const char *name) \"cpu %d mr %p addr", 1))
+    r = _ingest_with(tmp_path, "tests/data/qemu/events-all-forms.log", "--trace-events", str(te))
+    assert r.exit_code == 2 and f"{te}:5: expected memory_region_ops_read with the arguments addr, cpu_index, " \
+        "name, size, value, found cpu_index, mr, adr, value, size, name" in r.output, r.output
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("map.txt", "0x40000000 16M idx=1 va=0x99999999999999999999999\n", ":1: expected va"),
+    ("map.toml", "[[range]]\nbase = -16\nsize = 64\nidx = 1\n", ": range #1: expected base"),
+])
+def test_regression_a_guest_map_number_outside_64_bits_is_refused(tmp_path, name, text, where):
+    """Regression: va= beyond 64 bits in a guest map failed building a UInt64 column (and a
+    negative TOML base passed the range check)."""
+    gm = tmp_path / name
+    gm.write_text(text)
+    r = _ingest_with(tmp_path, "tests/data/qemu/execlog-72.log", "--guest-map", str(gm))
+    assert r.exit_code == 2 and f"{gm}{where} from 0 to 2**64 - 1" in r.output, r.output

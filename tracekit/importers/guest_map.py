@@ -44,6 +44,7 @@ import polars as pl
 
 from ..errors import TraceFormatError, UsageError, at
 from ..model import ATTR_ALIASES
+from .tkt import read_text
 
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([KMG]?)$")
 
@@ -74,12 +75,15 @@ class GuestMap:
 
 def _num(text: object, where: str, what: str) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
-        return text
-    m = _SIZE.match(str(text).strip())
-    if not m:
-        raise TraceFormatError(f"{where}: expected {what} (a number, 0x hex, optional K/M/G), found {text!r}")
-    v = int(m.group(1), 0)
-    return v * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
+        v = text
+    else:
+        m = _SIZE.match(str(text).strip())
+        if not m:
+            raise TraceFormatError(f"{where}: expected {what} (a number, 0x hex, optional K/M/G), found {text!r}")
+        v = int(m.group(1), 0) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
+    if not 0 <= v < 1 << 64:
+        raise TraceFormatError(f"{where}: expected {what} from 0 to 2**64 - 1, found {text!r}")
+    return v
 
 
 def _range(d: dict, where: str) -> GuestRange:
@@ -95,8 +99,10 @@ def _range(d: dict, where: str) -> GuestRange:
     idx = d.get("idx")
     if (attr is None) == (idx is None):
         raise TraceFormatError(f"{where}: expected exactly one of attr= or idx=, found {sorted(d)}")
-    if attr is not None and attr not in ATTR_ALIASES:
+    if attr is not None and (not isinstance(attr, str) or attr not in ATTR_ALIASES):
         raise TraceFormatError(f"{where}: expected attr one of {', '.join(ATTR_ALIASES)}, found {attr!r}")
+    if d.get("phase") is not None and not isinstance(d["phase"], str):
+        raise TraceFormatError(f"{where}: expected phase text, found {d['phase']!r}")
     if idx is not None:
         idx = _num(idx, where, "idx")
         if not 0 <= idx <= 7:
@@ -109,7 +115,7 @@ def load_guest_map(path: Path) -> GuestMap:
     """Read a guest map (TOML when the file has ``[[range]]`` tables, else the text form)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = read_text(path)
     except OSError as e:
         raise UsageError(f"{path}: expected a readable guest map, found: {e.strerror}") from None
     ranges: list[GuestRange] = []

@@ -46,6 +46,7 @@ from .base import ImportOptions, ImportResult
 from ._lines import EVENT_COLUMNS, fail_first, finish, iter_line_batches, side_expr
 from .tcg_plugin import (PluginState, current_vcpu_column, decode_execlog, decode_memcsv, execlog_mem_items,
                          split_execlog_rows, suffix_register_rows)
+from .tkt import read_text
 from .trace_events import EventTable, fast_regex, load_table_lazily, unfit_fields
 
 
@@ -67,6 +68,7 @@ class EventMapping:
     cmo: str | None = None
     sysreg: str | None = None
     attr: str | None = None
+    where: str = ""  # the file and table it came from, for messages ("mapping of NAME" if none)
 
 
 def load_mapping(path: Path | None) -> dict[str, EventMapping]:
@@ -85,7 +87,7 @@ def load_mapping(path: Path | None) -> dict[str, EventMapping]:
     if path is None:
         return {}
     try:
-        doc = tomllib.loads(Path(path).read_text())
+        doc = tomllib.loads(read_text(Path(path)))
     except OSError as e:
         raise UsageError(f"{path}: expected a readable mapping file, found: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
@@ -110,13 +112,21 @@ def load_mapping(path: Path | None) -> dict[str, EventMapping]:
             raise TraceFormatError(f"{where}: expected cmo one of {', '.join(CMO_OPS)}, found {spec.get('cmo')!r}")
         if op == "sysreg" and not spec.get("sysreg"):
             raise TraceFormatError(f"{where}: expected sysreg = NAME for op sysreg, found none")
+        for key in ("addr", "size", "value"):
+            v = spec.get(key)
+            if not (v is None or (isinstance(v, str) and v) or (type(v) is int and 0 <= v < 1 << 64)):
+                raise TraceFormatError(f"{where}: expected {key} an argument name or a number from 0 to 2**64 - 1, "
+                                       f"found {v!r}")
+        for key in ("agent", "cmo", "sysreg"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                raise TraceFormatError(f"{where}: expected {key} text, found {spec[key]!r}")
         attr = spec.get("attr")
-        if attr is not None and attr not in ATTR_ALIASES:
+        if attr is not None and (not isinstance(attr, str) or attr not in ATTR_ALIASES):
             raise TraceFormatError(f"{where}: expected attr one of {', '.join(ATTR_ALIASES)}, found {attr!r}")
         out[name] = EventMapping(op=op, addr=spec.get("addr"), size=spec.get("size"), value=spec.get("value"),
                                  agent=spec.get("agent", "host.{tid}"), cmo=spec.get("cmo"),
                                  sysreg=(spec.get("sysreg") or "").upper() or None,
-                                 attr=ATTR_ALIASES.get(attr) if attr else None)
+                                 attr=ATTR_ALIASES.get(attr) if attr else None, where=where)
     return out
 
 
@@ -221,6 +231,13 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
         used = None if name in mapping else _USED_ARGS.get(name, frozenset())
         for d in table.definitions(name):
             keep = [f for f, _ in d.fields if used is None or f in used]
+            if used is not None and used - _OPTIONAL_ARGS.get(name, frozenset()) - set(keep):
+                # a trace-events file whose signature of an event tracekit reads lacks an argument
+                # it reads (a damaged or foreign file)
+                raise TraceFormatError(
+                    f"{d.source or 'trace-events'}: expected {name} with the arguments "
+                    f"{', '.join(sorted(used - _OPTIONAL_ARGS.get(name, frozenset())))}, found "
+                    f"{', '.join(f for f, _ in d.fields) or 'none'}")
             if keep:  # one regex pass: every group is mandatory, so a match fills any kept one
                 # the one-pass form first (same captures where it matches), then the exact regex
                 for rx in filter(None, (fast_regex(d), d.regex)):
@@ -274,6 +291,8 @@ _USED_ARGS: dict[str, frozenset[str]] = {
     "pci_nvme_map_addr": frozenset({"addr", "len"}),
     "smmuv3_translate_success": frozenset({"translated", "perm"}),
 }
+#: Of those, the ones only some QEMU versions trace (kvm_set_user_memory's address space: 9.x).
+_OPTIONAL_ARGS: dict[str, frozenset[str]] = {"kvm_set_user_memory": frozenset({"as"})}
 
 
 def _fw_cfg_dma(df: pl.DataFrame, state: EventState) -> pl.DataFrame:
@@ -336,7 +355,7 @@ def _map_event(name: str, df: pl.DataFrame, fields: set[str], mapping: dict[str,
     detail = pl.col("rest").alias("detail")
     if name in mapping:
         m = mapping[name]
-        where = f"mapping of {name}"
+        where = m.where or f"mapping of {name}"
         cols = fields | {"tid"}
         agent = _template(m.agent, cols, where)
         return df.select(

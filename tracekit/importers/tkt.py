@@ -111,6 +111,12 @@ def release(data, start: int = 0, end: int | None = None) -> None:
         data.madvise(mmap.MADV_DONTNEED, start, end - start)
 
 
+def read_text(path: Path) -> str:
+    """A small text file read whole (a mapping, a guest map); a bad byte is an error naming
+    its line and byte offset (``decode``)."""
+    return decode(Path(path).read_bytes(), str(path), 1, 0)
+
+
 def decode(data: bytes, src: str, first_line: int, base_offset: int) -> str:
     """UTF-8 text of ``data``; a bad byte is an error naming its line and byte offset."""
     try:
