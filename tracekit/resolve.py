@@ -99,7 +99,8 @@ def _numbers(series: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     values = np.frombuffer(data, dtype=dtype, count=off + n)[off:]
     if validity is None:
         return values, np.ones(n, np.bool_)
-    return values, np.unpackbits(np.frombuffer(validity, np.uint8), count=off + n, bitorder="little")[off:].view(np.bool_)
+    valid = np.unpackbits(np.frombuffer(validity, np.uint8), count=off + n, bitorder="little")[off:]
+    return values, valid.view(np.bool_)
 
 
 def region_enum(info: TraceInfo) -> pl.Enum:

@@ -28,7 +28,7 @@ from ..schema import FINDINGS_SCHEMA, conform, enum_from_codes, polars_schema
 
 # codes shared with _fast_kernel (kept here so importing this module does not import numba)
 READ, WRITE, IFETCH, CMO = 0, 1, 2, 3
-_ZVA = 4  # DC ZVA before explode: a write of the whole line
+_ZVA = 4  # DC ZVA before it is cut (_fast_kernel.ZVA): a write of the whole line
 _NO_PATH = 3
 E_CLEAN_POC, E_CLEAN_POU, E_INVAL, E_DISCARD, E_IC = 1, 2, 4, 8, 16
 _KINDS = ("lost-write", "stale-ifetch", "stale-read")  # string order = code order
