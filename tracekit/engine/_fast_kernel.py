@@ -386,6 +386,14 @@ def _row_code(i, op, cmo, cmo_op, op_lut, cmo_lut):
     return cmo_lut[cmo[i]] if op[i] == cmo_op else op_lut[op[i]]
 
 
+@njit(cache=True, inline="always")
+def _span(i, c, addr, size, has_size, ls, lsh):
+    """Row i's first line, last line and last byte (``c``: its row code, DC ZVA still ZVA)."""
+    a = addr[i]
+    end = _last_byte(a, size[i] if has_size[i] else np.uint64(0), c == CMO, c == ZVA, ls)
+    return a >> lsh, end >> lsh, end
+
+
 @njit(cache=True, nogil=True)
 def count_pieces(rows, every_row, op, cmo, addr, has_addr, size, has_size, cmo_op, op_lut, cmo_lut, line_size):
     """How many pieces ``cut_pieces`` makes of ``rows`` (``every_row``: of every row, in order),
@@ -401,9 +409,7 @@ def count_pieces(rows, every_row, op, cmo, addr, has_addr, size, has_size, cmo_o
         c = _row_code(i, op, cmo, cmo_op, op_lut, cmo_lut)
         if c < 0 or not has_addr[i]:
             continue
-        a = addr[i]
-        first = a >> lsh
-        last = _last_byte(a, size[i] if has_size[i] else np.uint64(0), c == CMO, c == ZVA, ls) >> lsh
+        first, last, _ = _span(i, c, addr, size, has_size, ls, lsh)
         total += np.int64(last - first) + 1
         lmin = min(lmin, first)
         lmax = max(lmax, last)
@@ -435,18 +441,14 @@ def cut_pieces(rows, every_row, rank_of, op, cmo, side, path, region_kind, addr,
         c = _row_code(i, op, cmo, cmo_op, op_lut, cmo_lut)
         if c < 0 or not has_addr[i]:
             continue
+        first, last, end = _span(i, c, addr, size, has_size, ls, lsh)
         zva = c == ZVA
         if zva:
             c = WRITE  # DC ZVA: a write of the whole line
-        a = addr[i]
-        end = _last_byte(a, size[i] if has_size[i] else np.uint64(0), c == CMO, zva, ls)
-        first = a >> lsh
-        last = end >> lsh
-        if zva:
             lo0 = 0
             hi_last = line_size
         else:
-            lo0 = np.int64(a - (first << lsh))
+            lo0 = np.int64(addr[i] - (first << lsh))
             hi_last = np.int64(end - (last << lsh)) + 1
         if c == CMO:
             pth = 3

@@ -61,6 +61,7 @@ class EventMapping:
     """How one event becomes a trace-v1 row (``--mapping`` file entry)."""
 
     op: str
+    where: str  # the file and table it came from ("FILE: [events.NAME]"), for messages
     addr: str | int | None = None
     size: str | int | None = None
     value: str | int | None = None
@@ -68,7 +69,6 @@ class EventMapping:
     cmo: str | None = None
     sysreg: str | None = None
     attr: str | None = None
-    where: str = ""  # the file and table it came from, for messages ("mapping of NAME" if none)
 
 
 def load_mapping(path: Path | None) -> dict[str, EventMapping]:
@@ -229,15 +229,15 @@ def decode_event_rows(rows: pl.DataFrame, table: EventTable, mapping: dict[str, 
         # arguments the mapping reads: a user mapping may name any; an unmapped event
         # (a marker) needs none, so its lines are only matched (no captures)
         used = None if name in mapping else _USED_ARGS.get(name, frozenset())
+        needed = frozenset() if used is None else used - _OPTIONAL_ARGS.get(name, frozenset())
         for d in table.definitions(name):
             keep = [f for f, _ in d.fields if used is None or f in used]
-            if used is not None and used - _OPTIONAL_ARGS.get(name, frozenset()) - set(keep):
+            if needed - set(keep):
                 # a trace-events file whose signature of an event tracekit reads lacks an argument
                 # it reads (a damaged or foreign file)
                 raise TraceFormatError(
-                    f"{d.source or 'trace-events'}: expected {name} with the arguments "
-                    f"{', '.join(sorted(used - _OPTIONAL_ARGS.get(name, frozenset())))}, found "
-                    f"{', '.join(f for f, _ in d.fields) or 'none'}")
+                    f"{d.source or 'trace-events'}: expected {name} with the arguments {', '.join(sorted(needed))}, "
+                    f"found {', '.join(f for f, _ in d.fields) or 'none'}")
             if keep:  # one regex pass: every group is mandatory, so a match fills any kept one
                 # the one-pass form first (same captures where it matches), then the exact regex
                 for rx in filter(None, (fast_regex(d), d.regex)):
@@ -355,7 +355,7 @@ def _map_event(name: str, df: pl.DataFrame, fields: set[str], mapping: dict[str,
     detail = pl.col("rest").alias("detail")
     if name in mapping:
         m = mapping[name]
-        where = m.where or f"mapping of {name}"
+        where = m.where
         cols = fields | {"tid"}
         agent = _template(m.agent, cols, where)
         return df.select(
