@@ -152,3 +152,34 @@ def region_pick(addr, has_addr, bases, ends, unbounded):
             out[i] = j
             last = j
     return out
+
+
+@njit(cache=True, nogil=True)
+def guest_types(decl, sctlr, has_sctlr, op, s2, fwb, mem_before, path_codes, c):
+    """Return s1_type, mem_type and path after a mitigation changed ``s1_decl`` / ``fwb``
+    (``resolve.finalize_types``, whose rules these are), in one pass without temporaries.
+
+    ``c`` holds [IFETCH, NC, WB, SCTLR_M, SCTLR_C, SCTLR_I]; a null SCTLR_EL1 reads as 0.
+    """
+    n = decl.shape[0]
+    IFETCH, NC, WB = c[0], c[1], c[2]
+    M, C, I = np.uint64(c[3]), np.uint64(c[4]), np.uint64(c[5])
+    s1 = np.empty(n, np.uint8)
+    mem = np.empty(n, np.uint8)
+    path = np.empty(n, np.uint8)
+    for i in range(n):
+        d = decl[i]
+        if d == NONE:  # not a guest access: its types stay
+            s1[i] = d
+            t = mem_before[i]
+        else:
+            v = np.uint64(sctlr[i]) if has_sctlr[i] else np.uint64(0)
+            enable = I if op[i] == IFETCH else C
+            t1 = d
+            if (v & M) != 0 and (v & enable) == 0 and d >= NC:
+                t1 = np.uint8(NC)
+            s1[i] = t1
+            t = np.uint8(WB) if fwb[i] else min(t1, s2[i])
+        mem[i] = t
+        path[i] = path_codes[min(t, path_codes.shape[0] - 1)]
+    return s1, mem, path

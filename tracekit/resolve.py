@@ -69,6 +69,7 @@ _DEV, _NC, _WT, _WB = TYPE_RANK["dev-ngnrne"], TYPE_RANK["nc"], TYPE_RANK["wt"],
 _MAIR_CODES = np.array([TYPE_RANK[t] for t in MAIR_BYTE_TYPE], dtype=np.uint8)
 _PATH_CODES = np.array([PATHS.index(PATH_OF_TYPE[t]) for t in MEMORY_TYPES] + [_NONE], dtype=np.uint8)
 _OP = {o: i for i, o in enumerate(OPS)}
+_GUEST_TYPE_CODES = np.array([_OP["ifetch"], TYPE_RANK["nc"], TYPE_RANK["wb"], SCTLR_M, SCTLR_C, SCTLR_I], np.int64)
 _ZVA = CMO_OPS.index("dc.zva")
 _GUEST = SIDES.index("guest")
 _KERNEL_CODES = np.array(
@@ -143,21 +144,14 @@ def finalize_types(frame: pl.DataFrame) -> pl.DataFrame:
     on makes a Normal type Non-cacheable; stage 1 x stage 2 takes the more
     restrictive; FWB forces Write-Back. Host and device types are left as they are.
     """
-    decl = _codes(frame["s1_decl"], TYPE_ENUM)
-    guest = decl != _NONE
-    sctlr = frame["sctlr"].fill_null(0).to_numpy()
-    ifetch = _codes(frame["op"], VOCABULARY["op"]) == _OP["ifetch"]
-    mmu_on = (sctlr & SCTLR_M) != 0
-    cache_off = np.where(ifetch, (sctlr & SCTLR_I) == 0, (sctlr & SCTLR_C) == 0)
-    s1 = np.where(guest & mmu_on & cache_off & (decl >= _NC), np.uint8(_NC), decl)
-    s2 = _codes(frame["s2_type"], TYPE_ENUM)
-    fwb = frame["fwb"].fill_null(False).to_numpy()
-    guest_mem = np.where(fwb, np.uint8(_WB), np.minimum(s1, s2))
-    mem = np.where(guest, guest_mem, _codes(frame["mem_type"], TYPE_ENUM)).astype(np.uint8)
+    s1, mem, path = _kernel().guest_types(
+        _codes(frame["s1_decl"], TYPE_ENUM), *_numbers(frame["sctlr"]), _codes(frame["op"], VOCABULARY["op"]),
+        _codes(frame["s2_type"], TYPE_ENUM), frame["fwb"].fill_null(False).to_numpy(),
+        _codes(frame["mem_type"], TYPE_ENUM), _PATH_CODES, _GUEST_TYPE_CODES)
     return frame.with_columns(
         enum_from_codes(s1, TYPE_ENUM).alias("s1_type"),
         enum_from_codes(mem, TYPE_ENUM).alias("mem_type"),
-        enum_from_codes(_PATH_CODES[np.minimum(mem, len(MEMORY_TYPES))], PATH_ENUM).alias("path"),
+        enum_from_codes(path, PATH_ENUM).alias("path"),
     )
 
 

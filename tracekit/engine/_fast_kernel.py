@@ -573,9 +573,10 @@ def split_keys(key, pos_bits, lmin, o_pos):
 
 
 @njit(cache=True, nogil=True)
-def recorded_checksum(seq, sub, addr, size, has_addr, op, cmo, side, region_kind):
+def recorded_checksum(seq, sub, addr, has_addr, size, has_size, op, cmo, side, region_kind):
     """Count and two checksums of the recorded events with an address (see fast._kept_layout);
-    the last four are Enum codes (uint8)."""
+    addresses and sizes as `resolve._numbers` gives them (anything at a null), the last four
+    Enum codes (uint8)."""
     count = 0
     total = np.uint64(0)
     mixed_xor = np.uint64(0)
@@ -583,8 +584,9 @@ def recorded_checksum(seq, sub, addr, size, has_addr, op, cmo, side, region_kind
         if sub[i] == 0 and has_addr[i]:
             kind = (np.uint64(op[i]) | (np.uint64(cmo[i]) << np.uint64(8)) | (np.uint64(side[i]) << np.uint64(16))
                     | (np.uint64(region_kind[i]) << np.uint64(24)))
-            m = ((np.uint64(seq[i]) * np.uint64(0x9E3779B97F4A7C15)) ^ (addr[i] * np.uint64(0xC2B2AE3D27D4EB4F))
-                 ^ (size[i] * np.uint64(0x165667B19E3779F9)) ^ kind)
+            length = np.uint64(size[i]) if has_size[i] else np.uint64(0)
+            m = ((np.uint64(seq[i]) * np.uint64(0x9E3779B97F4A7C15)) ^ (np.uint64(addr[i]) * np.uint64(0xC2B2AE3D27D4EB4F))
+                 ^ (length * np.uint64(0x165667B19E3779F9)) ^ kind)
             total += m
             mixed_xor ^= (m * np.uint64(0xFF51AFD7ED558CCD)) ^ (m >> np.uint64(29))
             count += 1

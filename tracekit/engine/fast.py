@@ -423,7 +423,7 @@ def _kept_layout(events: pl.DataFrame, info: TraceInfo, reuse: bool) -> tuple["_
     global _LAST
     from . import _fast_kernel as K
 
-    from ..resolve import REGION_KIND_ENUM, VOCABULARY, _codes
+    from ..resolve import REGION_KIND_ENUM, VOCABULARY, _codes, _numbers
 
     if not reuse:
         _LAST = None  # a layout kept for another trace is only memory now
@@ -431,9 +431,7 @@ def _kept_layout(events: pl.DataFrame, info: TraceInfo, reuse: bool) -> tuple["_
     # what else fixes a recorded event's pieces: operation, side (stage-2 upgrade), region kind
     count, total, xor = K.recorded_checksum(
         events["seq"].to_numpy(), events["sub"].to_numpy(),
-        events["addr"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-        events["size"].fill_null(0).to_numpy().astype(np.uint64, copy=False),
-        events["addr"].is_not_null().to_numpy(), _codes(events["op"], VOCABULARY["op"]),
+        *_numbers(events["addr"]), *_numbers(events["size"]), _codes(events["op"], VOCABULARY["op"]),
         _codes(events["cmo"], VOCABULARY["cmo"]), _codes(events["side"], VOCABULARY["side"]),
         _codes(events["region_kind"], REGION_KIND_ENUM))
     key = (info.line_size, info.stage2, int(count), int(total), int(xor))
