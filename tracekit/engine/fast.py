@@ -503,8 +503,9 @@ def _pieces(events: pl.DataFrame, info: TraceInfo, layout: "_Layout | None", key
     if layout is not None:
         rec = Pieces(layout.line, *_kept_pieces(events, layout, ranks=ranks))
     else:
-        recorded = np.flatnonzero(sub == 0)
-        rec = explode(events, info, rows=recorded, ranks=ranks) if len(inserted) else explode(events, info)
+        # (the recorded rows' numbers only when some rows are not recorded: 80 MB for 10 M events)
+        rec = explode(events, info, rows=np.flatnonzero(sub == 0), ranks=ranks) if len(inserted) \
+            else explode(events, info)
         if reuse:
             made = _LAST = _Layout(key, seq[rec.pos if ranks is None else ranks.rows[rec.pos]], rec.line, rec.attr)
             if not len(inserted):
