@@ -240,3 +240,24 @@ def test_a_mitigation_that_copies_the_frame_counts_more_than_the_baseline(trace)
     budget = (P.estimated_bytes(rows, ["guest-boot-inval"]) + P.estimated_bytes(rows, ["none"])) // 2
     assert P.should_partition(trace, budget, ["guest-boot-inval"])
     assert not P.should_partition(trace, budget, ["none"])
+
+
+@pytest.mark.parametrize("parts", [3, 300])  # owners in a table of bytes, of 16-bit words
+def test_owners_by_table_are_those_by_search(monkeypatch, parts):
+    """A block's owner: the part it was assigned (looked up in a table when the blocks span
+    little, by a binary search otherwise), or a hash for a block the count never saw."""
+    import numpy as np
+
+    rng = np.random.default_rng(parts)
+    blocks = np.unique(rng.integers(1_000, 200_000, 5_000).astype(np.uint64))
+    counts = rng.integers(1, 50, len(blocks))
+    by_table = P.Owners.assign(6, blocks, counts, parts)
+    monkeypatch.setattr(P.Owners, "TABLE_BYTES", 0)
+    by_search = P.Owners.assign(6, blocks, counts, parts)
+    assert by_table._table is not None and by_search._table is None
+    asked = np.concatenate([blocks, rng.integers(0, 300_000, 20_000).astype(np.uint64),
+                            np.array([0, blocks[0] - 1, blocks[-1] + 1, 2**64 - 1], np.uint64)])
+    got = by_table.of(asked)
+    assert np.array_equal(got, by_search.of(asked))
+    assert np.array_equal(got[:len(blocks)], by_search.owner)  # the assigned ones
+    assert got.min() >= 0 and got.max() < parts

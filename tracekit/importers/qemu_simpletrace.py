@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from .._arrays import distinct
 from ..errors import TraceFormatError, at
 from ..model import TraceInfo
 from .tabular import options_info
@@ -265,7 +266,7 @@ class QemuSimpletraceImporter:
                     pl.format("dropped {} events (trace buffer full)",
                               pl.Series(n_dropped.astype(np.uint64))).alias("detail")))
             known_ids = set(names)
-            for id_ in np.unique(e_id[~dr]).tolist():
+            for id_ in distinct(e_id[~dr]).tolist():
                 sel = (e_id == np.uint64(id_)) & ~dr
                 first = int(e_off[sel][0])
                 if id_ not in known_ids:

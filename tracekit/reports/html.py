@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from .._arrays import distinct
 from ..errors import TracekitError
 from ..model import CAUSES, KINDS
 from ._common import MAX_EVENTS, ReportData, header_fields, prepare, title
@@ -96,7 +97,7 @@ class _AddressAxis:
 
     def __init__(self, lines: Any, line_size: int):
         self.line_size = line_size
-        u = np.unique(np.asarray(lines, dtype=np.uint64))
+        u = distinct(np.asarray(lines, dtype=np.uint64))
         self.lines = u
         gaps = np.diff(u).astype(np.float64)
         big = gaps > self.GAP_LINES * line_size
