@@ -403,13 +403,15 @@ def _part_frame(workdir: Path, p: int, glob: pl.DataFrame, last: pl.DataFrame) -
     The part's file is in seq order (split_trace keeps the trace's order) and shares no
     event with the global ones, except possibly the trace's last: the few global events
     are merged in, not the whole part deduplicated and sorted (3.1-3.4 -> 2.5-2.6 s for a part
-    of 5 M, most of it reading the part file).
+    of 5 M, most of it reading the part file). The frames are compact (Enums and Categoricals,
+    as `analyze` reads a trace): merging codes, not strings, and resolve has nothing left to
+    cast (a part of 465,000 events: 0.13-0.19 -> 0.11-0.12 s, resolving it 0.064 -> 0.05 s).
     """
     path = workdir / f"part-{p:05d}.arrow"
     rest = pl.concat([glob, last], how="vertical_relaxed").unique("seq", keep="first", maintain_order=False)
     if not path.exists():
         return rest.sort("seq")
-    own = conform(_read_arrow(path), TRACE_SCHEMA)
+    own = conform(_read_arrow(path), TRACE_SCHEMA, compact=True)
     if not own["seq"].is_sorted():  # a trace file not in seq order: as before
         return pl.concat([own, rest.select(own.columns).cast(own.schema)], how="vertical_relaxed") \
             .unique("seq", keep="first", maintain_order=False).sort("seq")
@@ -670,9 +672,9 @@ def replay_partitioned(
     try:
         split = split_trace(trace_path, tmp, owners, quiet=quiet)
         parts = owners.parts
-        glob = conform(_read_arrow(tmp / "global.arrow"), TRACE_SCHEMA)
-        last = conform(_read_arrow(tmp / "last.arrow"), TRACE_SCHEMA) if (tmp / "last.arrow").exists() \
-            else glob.clear()
+        glob = conform(_read_arrow(tmp / "global.arrow"), TRACE_SCHEMA, compact=True)
+        last = conform(_read_arrow(tmp / "last.arrow"), TRACE_SCHEMA, compact=True) \
+            if (tmp / "last.arrow").exists() else glob.clear()
         totals = {s: {"traps": {}, "_retyped": {}} for s in specs}
         # the global events alone: their costs are counted once per part
         g_resolved = resolve(pl.concat([glob, last]).unique("seq").sort("seq"), info)
