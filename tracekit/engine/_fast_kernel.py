@@ -397,7 +397,12 @@ def _span(i, c, addr, size, has_size, ls, lsh):
 @njit(cache=True, nogil=True)
 def count_pieces(rows, every_row, op, cmo, addr, has_addr, size, has_size, cmo_op, op_lut, cmo_lut, line_size):
     """How many pieces ``cut_pieces`` makes of ``rows`` (``every_row``: of every row, in order),
-    and the least and the greatest line they are on."""
+    and the least and the greatest line they are on.
+
+    Its loop head is ``cut_pieces``' on purpose (the same rows, tested alike; the span is the
+    shared ``_span``): the row test moved into one inline helper made this pass 0.19 -> 0.25 s,
+    or 0.31 s with the address test first, on 10 M events.
+    """
     ls = np.uint64(line_size)
     lsh = np.uint64(_log2(line_size))  # (a shift, not a 64-bit division, per address)
     n = op.shape[0] if every_row else rows.shape[0]
