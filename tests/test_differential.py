@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from strategies import traces
+from tracekit import _cores
 from tracekit.engine import fast, reference
 from tracekit.resolve import resolve
 
@@ -176,11 +177,11 @@ class _AlwaysSplitScan:
     every radix sort done as two halves, on two threads."""
 
     def __enter__(self):
-        self.saved = fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS
-        fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS = 2, 2, 1
+        self.saved = fast._SPLIT_SCAN, _cores.CORES, _cores.SPLIT_ROWS
+        fast._SPLIT_SCAN, _cores.CORES, _cores.SPLIT_ROWS = 2, 2, 1
 
     def __exit__(self, *exc):
-        fast._SPLIT_SCAN, fast._CORES, fast._SPLIT_ROWS = self.saved
+        fast._SPLIT_SCAN, _cores.CORES, _cores.SPLIT_ROWS = self.saved
 
 
 @settings(max_examples=_examples(300), **_SETTINGS)
@@ -197,6 +198,20 @@ def test_scan_cut_in_two_at_a_line_gives_the_reference_findings(trace, spec, spe
     mitigated, minfo, _cost = apply_mitigation(resolve(events, info), spec, info)
     with _AlwaysSplitScan():
         check_same(mitigated, minfo, speculation=speculation, mitigation=spec)
+
+
+@settings(max_examples=_examples(150), **_SETTINGS)
+@given(trace=traces(max_events=120))
+def test_resolve_in_two_halves_gives_the_whole_passs_frame(trace):
+    """Rule (coherence model section 3): an access's type depends on its vCPU's SCTLR_EL1 and
+    MAIR_EL1 at that point of the trace. Resolved as two halves on two threads, the second
+    half starts from the registers the first half's rows leave, so every column must be
+    what one pass over all rows gives."""
+    events, info = trace
+    whole = resolve(events, info)
+    with _AlwaysSplitScan():
+        halves = resolve(events, info)
+    assert_frame_equal(halves, whole)
 
 
 @settings(max_examples=_examples(200), **_SETTINGS)

@@ -431,8 +431,10 @@ def test_radix_sort_on_two_cores_orders_as_a_stable_sort(monkeypatch, high_bits,
     halves hold (a digit only in one half, the same digit in both)."""
     import numpy as np
 
-    monkeypatch.setattr(fast, "_SPLIT_ROWS", 1)
-    monkeypatch.setattr(fast, "_CORES", 2)
+    from tracekit import _cores
+
+    monkeypatch.setattr(_cores, "SPLIT_ROWS", 1)
+    monkeypatch.setattr(_cores, "CORES", 2)
     rng = np.random.default_rng(high_bits * 7 + n)
     high = rng.integers(0, 1 << min(high_bits, 3) if n % 2 else 1 << high_bits, size=n, dtype=np.uint64)
     low_bits = max(1, (n - 1).bit_length())

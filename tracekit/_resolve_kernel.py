@@ -19,10 +19,29 @@ NONE = 255
 
 
 @njit(cache=True, nogil=True)
-def resolve_codes(op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, value, has_value, pick,
-                  s2_of_region, host_of_region, ram_region, dev_type, zva, fwb_trace, n_agents,
+def registers_before(stop, op, side, agent, vcpu_of, reg, value, has_value, n_agents, sysreg, guest):
+    """Each vCPU's SCTLR_EL1 and MAIR_EL1 after the rows before ``stop``: where the second half
+    of ``resolve_codes``' rows starts from (only the register writes are looked at)."""
+    cur_sctlr = np.zeros(max(n_agents, 1), np.uint64)
+    cur_mair = np.zeros(max(n_agents, 1), np.uint64)
+    for i in range(stop):
+        if op[i] == sysreg and reg[i] != 0 and side[i] == guest:
+            v = value[i] if has_value[i] else np.uint64(0)
+            if reg[i] == 1:
+                cur_sctlr[vcpu_of[agent[i]]] = v
+            else:
+                cur_mair[vcpu_of[agent[i]]] = v
+    return cur_sctlr, cur_mair
+
+
+@njit(cache=True, nogil=True)
+def resolve_codes(lo, hi, cur_sctlr, cur_mair, sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb,
+                  op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, value, has_value, pick,
+                  s2_of_region, host_of_region, ram_region, dev_type, zva, fwb_trace,
                   mair_codes, path_codes, c):
-    """Return sctlr, mair, s1_decl, s1_type, s2_type, mem_type, path, type_source, fwb (255: null).
+    """Write rows ``[lo, hi)`` of sctlr, mair, s1_decl, s1_type, s2_type, mem_type, path,
+    type_source and fwb (255: null; sctlr and mair 0 off the guest), starting from the vCPUs'
+    registers ``cur_sctlr`` / ``cur_mair`` (updated as the rows write them).
 
     ``c`` holds the vocabulary codes: [READ, WRITE, IFETCH, SYSREG, GUEST, HOST, DEV, DEV_T, NC, WT, WB,
     SCTLR_M, SCTLR_C, SCTLR_I, SRC_MMU_OFF, SRC_ATTR, SRC_MAIR, SRC_ASSUMED, SRC_HOST_MAP, SRC_HOST_ATTR,
@@ -30,25 +49,22 @@ def resolve_codes(op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, valu
     each guest agent's code (``vcpu_numbers``);
     ``reg`` is 1 for an SCTLR_EL1 write, 2 for a MAIR_EL1 write, 0 otherwise.
     """
-    n = op.shape[0]
     READ, WRITE, IFETCH, SYSREG, GUEST, HOST = c[0], c[1], c[2], c[3], c[4], c[5]
     DEV_T, NC, WT, WB = c[7], c[8], c[9], c[10]
     M, C, I = np.uint64(c[11]), np.uint64(c[12]), np.uint64(c[13])
-    sctlr = np.zeros(n, np.uint64)
-    mair = np.zeros(n, np.uint64)
-    s1_decl = np.full(n, NONE, np.uint8)
-    s1_type = np.full(n, NONE, np.uint8)
-    s2_type = np.full(n, NONE, np.uint8)
-    mem = np.full(n, NONE, np.uint8)
-    path = np.full(n, NONE, np.uint8)
-    source = np.full(n, NONE, np.uint8)
-    fwb = np.full(n, NONE, np.uint8)
-    cur_sctlr = np.zeros(max(n_agents, 1), np.uint64)
-    cur_mair = np.zeros(max(n_agents, 1), np.uint64)
     n_types = path_codes.shape[0] - 1
-    for i in range(n):
+    for i in range(lo, hi):
         o = op[i]
         s = side[i]
+        sctlr[i] = 0
+        mair[i] = 0
+        s1_decl[i] = NONE
+        s1_type[i] = NONE
+        s2_type[i] = NONE
+        mem[i] = NONE
+        path[i] = NONE
+        source[i] = NONE
+        fwb[i] = NONE
         if s == GUEST:
             a = vcpu_of[agent[i]]
             if o == SYSREG and reg[i] != 0:
@@ -102,7 +118,6 @@ def resolve_codes(op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, valu
                 source[i] = c[21] if at != NONE else c[20]
         mem[i] = m
         path[i] = path_codes[min(m, n_types)]
-    return sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb
 
 
 @njit(cache=True, nogil=True)
@@ -124,16 +139,16 @@ def vcpu_numbers(agent, side, guest, n_codes):
 
 
 @njit(cache=True, nogil=True)
-def region_pick(addr, has_addr, bases, ends, unbounded):
-    """Index of the region holding each address (``len(bases)`` for none): bases sorted, regions disjoint.
+def region_pick(addr, has_addr, lo, hi, out, bases, ends, unbounded):
+    """Write ``out[lo:hi]``: the index of the region holding each address (``len(bases)`` for
+    none); bases sorted, regions disjoint.
 
-    uint32: what polars gathers by, and half the pages of int64 to fault in.
+    ``out`` is uint32: what polars gathers by, and half the pages of int64 to fault in.
     """
-    n = addr.shape[0]
     k = bases.shape[0]
-    out = np.full(n, k, np.uint32)
     last = 0  # consecutive events mostly hit the same region: try it first
-    for i in range(n):
+    for i in range(lo, hi):
+        out[i] = k
         if not has_addr[i]:
             continue
         a = addr[i]
@@ -151,7 +166,6 @@ def region_pick(addr, has_addr, bases, ends, unbounded):
         if j >= 0 and (a < ends[j] or unbounded[j]):
             out[i] = j
             last = j
-    return out
 
 
 @njit(cache=True, nogil=True)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from functools import partial
 
 import numpy as np
 import polars as pl
 
+from ._cores import halves, on_cores
 from .errors import TraceFormatError
 from .schema import enum_from_codes
 from .model import (CMO_OPS, MAIR_BYTE_TYPE, MEMORY_TYPES, OPS, PATH_OF_TYPE, PATHS, SCTLR_C, SCTLR_I, SCTLR_M,
@@ -118,8 +120,10 @@ def region_columns(events: pl.DataFrame, info: TraceInfo) -> tuple[pl.DataFrame,
     bases = np.array([r.base for r in regions], dtype=np.uint64)
     ends = np.array([min(r.end, (1 << 64) - 1) for r in regions], dtype=np.uint64)
     unbounded = np.array([r.end >= (1 << 64) for r in regions], dtype=bool)
-    pick = _kernel().region_pick(*_numbers(events["addr"]),
-                                 bases, ends, unbounded)
+    addr, has_addr = _numbers(events["addr"])
+    pick = np.empty(len(addr), np.uint32)
+    on_cores([partial(_kernel().region_pick, addr, has_addr, lo, hi, pick, bases, ends, unbounded)
+              for lo, hi in halves(len(addr))])
     names = region_enum(info)
     index = pl.Series(pick)  # (uint32: polars gathers by it as it is)
 
@@ -195,12 +199,24 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     ram_region = np.array([r.kind == "ram" for r in regions] + [False])
     dev = (side == SIDES.index("dev")) & (access | zva)
     dev_type = _device_types(events, info, dev)
-    sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb = _kernel().resolve_codes(
-        op, side, _codes(events["attr"], TYPE_ENUM), events["attr_index"].is_not_null().to_numpy(),
-        events["attr_index"].fill_null(0).to_numpy().astype(np.uint8), agent, vcpu_of, reg.to_series().to_numpy(),
-        *_numbers(value), pick,
-        s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb), n_agents,
-        _MAIR_CODES, _PATH_CODES, _KERNEL_CODES)
+    reg = reg.to_series().to_numpy()
+    value, has_value = _numbers(value)
+    n = len(op)
+    sctlr, mair = np.empty(n, np.uint64), np.empty(n, np.uint64)
+    s1_decl, s1_type, s2_type, mem, path, source, fwb = (np.empty(n, np.uint8) for _ in range(7))
+    attr = _codes(events["attr"], TYPE_ENUM)
+    has_idx = events["attr_index"].is_not_null().to_numpy()
+    attr_index = events["attr_index"].fill_null(0).to_numpy().astype(np.uint8)
+    k = _kernel()
+
+    def rows(lo: int, hi: int) -> None:
+        # (a second half starts from the registers the first half's rows leave)
+        state = k.registers_before(lo, op, side, agent, vcpu_of, reg, value, has_value, n_agents, _OP["sysreg"], _GUEST)
+        k.resolve_codes(lo, hi, *state, sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb,
+                        op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, value, has_value, pick,
+                        s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb),
+                        _MAIR_CODES, _PATH_CODES, _KERNEL_CODES)
+    on_cores([partial(rows, lo, hi) for lo, hi in halves(n)])
     not_guest = pl.Series(~is_guest)
     frame = pl.concat([events, region_frame], how="horizontal").with_columns(
         sctlr=pl.Series(sctlr).set(not_guest, None),
@@ -237,7 +253,8 @@ def warm_up():
             empty = np.zeros(0, np.uint64)
             # the addresses as region_columns passes them (read-only, as _numbers gives them): an
             # array numba types otherwise would load, or compile, a version no call uses
-            k.region_pick(*_numbers(pl.Series([None], dtype=pl.UInt64)), empty, empty, np.zeros(0, np.bool_))
+            addr, has_addr = _numbers(pl.Series([None], dtype=pl.UInt64))
+            k.region_pick(addr, has_addr, 0, 1, np.empty(1, np.uint32), empty, empty, np.zeros(0, np.bool_))
         except Exception:  # noqa: BLE001 - the real call reports it
             pass
 

@@ -15,12 +15,13 @@ mitigated frame re-uses it, merging only its inserted pieces in.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import polars as pl
 
+from .. import _cores
 from ..errors import UsageError
 from ..findings import kind_cause_rank
 from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect, seq_sub_key
@@ -118,10 +119,9 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     # the rows in two halves, one per core, for a big frame: each half is counted, then cut
     # from its first place on (the first half's pieces first: the same output as one pass)
     n_rows = events.height if every else len(rows)
-    halves = _halves(n_rows)
-    counted = _on_cores([lambda lo=lo, hi=hi: K.count_pieces(rows, every, lo, hi, op, cmo, addr, has_addr, size,
-                                                              has_size, cmo_op, op_lut, cmo_lut, info.line_size)
-                         for lo, hi in halves])
+    halves = _cores.halves(n_rows)
+    counted = _cores.on_cores([partial(K.count_pieces, rows, every, lo, hi, op, cmo, addr, has_addr, size, has_size,
+                                       cmo_op, op_lut, cmo_lut, info.line_size) for lo, hi in halves])
     total = sum(int(c[0]) for c in counted)
     lmin = np.uint64(min(int(c[1]) for c in counted) if total else 0)  # (as the kernels take it, whatever its size)
     lmax = max(int(c[2]) for c in counted)
@@ -137,10 +137,10 @@ def explode(events: pl.DataFrame, info: TraceInfo, *, rows: np.ndarray | None = 
     kind = _codes(events["region_kind"], REGION_KIND_ENUM)
     hostc = events["host_cacheable"].fill_null(False).to_numpy()
     starts = np.cumsum([0] + [int(c[0]) for c in counted[:-1]])
-    _on_cores([lambda lo=lo, hi=hi, k0=int(k0): K.cut_pieces(
-        rows, every, lo, hi, k0, rank_of, op, cmo, side, path, kind, addr, has_addr, size, has_size, hostc,
-        SIDES.index("guest"), cmo_op, op_lut, cmo_lut, path_lut, eff_lut, info.line_size, lmin, pos_bits, packed,
-        key, attr, pos) for (lo, hi), k0 in zip(halves, starts)])
+    _cores.on_cores([partial(K.cut_pieces, rows, every, lo, hi, int(k0), rank_of, op, cmo, side, path, kind, addr,
+                             has_addr, size, has_size, hostc, SIDES.index("guest"), cmo_op, op_lut, cmo_lut, path_lut,
+                             eff_lut, info.line_size, lmin, pos_bits, packed, key, attr, pos)
+                     for (lo, hi), k0 in zip(halves, starts)])
     del op, cmo, addr, has_addr, size, has_size, side, path, kind, hostc
     if not packed:
         return Pieces(key, pos, attr).take(np.argsort(key, kind="stable"))
@@ -177,7 +177,6 @@ def global_ops(events: pl.DataFrame, info: TraceInfo, ranks: "_Ranks | None" = N
 
 #: Pieces above which the scan is split in two at a line boundary, one half per core.
 _SPLIT_SCAN = 1 << 21
-_CORES = os.cpu_count() or 1
 
 
 def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_events: int,
@@ -199,7 +198,7 @@ def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_
 
     n = len(pieces)
     cut = int(np.searchsorted(pieces.line, pieces.line[n // 2], side="left")) if n >= _SPLIT_SCAN else 0
-    if cut == 0 or _CORES < 2:
+    if cut == 0 or _cores.CORES < 2:
         return part(0, n)
     with ThreadPoolExecutor(1, thread_name_prefix="tracekit-scan") as pool:
         second = pool.submit(part, cut, n)
@@ -241,32 +240,6 @@ def stable_order(key: np.ndarray, nbits: int) -> np.ndarray:
     return rows.view(np.int64)
 
 
-#: Rows (events to cut, keys to sort) above which the work is shared by two cores.
-_SPLIT_ROWS = 1 << 20
-
-
-def _halves(n: int) -> list[tuple[int, int]]:
-    """``[0, n)`` as one range, or as two halves when it is big and there are two cores."""
-    if n < _SPLIT_ROWS or _CORES < 2:
-        return [(0, n)]
-    return [(0, n // 2), (n // 2, n)]
-
-
-def _on_cores(calls: list) -> list:
-    """The results of ``calls`` (one or two compiled kernels that release the GIL), the second
-    run on another thread while the first runs here.
-
-    A pool per call, not one kept: a thread left alive would keep the command from leaving
-    at once (``cli.main``).
-    """
-    if len(calls) == 1:
-        return [calls[0]()]
-    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-half") as pool:
-        second = pool.submit(calls[1])
-        first = calls[0]()
-        return [first, second.result()]
-
-
 def sort_pairs(key: np.ndarray, value: np.ndarray, spare_key: np.ndarray, spare_value: np.ndarray,
                shift: int, nbits: int) -> int:
     """``_fast_kernel.sort_pairs_by_high`` (same arguments, same result), on two cores for many keys.
@@ -279,7 +252,7 @@ def sort_pairs(key: np.ndarray, value: np.ndarray, spare_key: np.ndarray, spare_
     """
     from . import _fast_kernel as K
 
-    halves = _halves(len(key))
+    halves = _cores.halves(len(key))
     if len(halves) == 1:
         return K.sort_pairs_by_high(key, value, spare_key, spare_value, shift, nbits)
     n = len(key)
