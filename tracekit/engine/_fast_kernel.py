@@ -847,8 +847,10 @@ def two_run_order(seq, sub):
 
 
 @njit(cache=True, nogil=True)
-def finding_columns(raw, order, p_line, p_pos, p_attr, rows, line_size):
-    """The findings' numeric columns in ``order``, in one pass over the scan's rows.
+def finding_columns(raw, order, p_line, p_pos, p_attr, rows, line_size, lo, hi, out):
+    """Write places ``[lo, hi)`` of the findings' numeric columns (``out``: at, other,
+    fix_agent, fix_after, fix_before as int64, line, addr, size as uint64, kind, cause as
+    uint8) in ``order``, in one pass over the scan's rows.
 
     Per finding: its event's row and the rows of the other, fix-agent, fix-after and
     fix-before events (``rows``: the frame's row at each position, empty when positions
@@ -856,20 +858,10 @@ def finding_columns(raw, order, p_line, p_pos, p_attr, rows, line_size):
     and cause codes. In numpy this was a gather of the (n, 7) array, five gathers through
     ``rows`` and the attribute arithmetic, each its own pass over memory.
     """
-    n = order.shape[0]
-    at = np.empty(n, np.int64)
-    other = np.empty(n, np.int64)
-    fix_agent = np.empty(n, np.int64)
-    fix_after = np.empty(n, np.int64)
-    fix_before = np.empty(n, np.int64)
-    line = np.empty(n, np.uint64)
-    addr = np.empty(n, np.uint64)
-    size = np.empty(n, np.uint64)
-    kind = np.empty(n, np.uint8)
-    cause = np.empty(n, np.uint8)
+    at, other, fix_agent, fix_after, fix_before, line, addr, size, kind, cause = out
     by_rank = rows.shape[0] > 0
     ls = np.uint64(line_size)
-    for i in range(n):
+    for i in range(lo, hi):
         r = order[i]
         piece = raw[r, 0]
         a = p_attr[piece]
@@ -892,4 +884,3 @@ def finding_columns(raw, order, p_line, p_pos, p_attr, rows, line_size):
             fix_after[i] = raw[r, 4]
             fix_before[i] = raw[r, 5]
             fix_agent[i] = raw[r, 6]
-    return at, other, fix_agent, fix_after, fix_before, line, addr, size, kind, cause

@@ -312,8 +312,12 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
     order = _findings_order(pos, pieces.line[row], raw[:, 1], raw[:, 2])
     pos = pos[order]
     rows = source.rows if source.rows is not None else np.zeros(0, np.int64)
-    at_row, other, fix_agent, fix_after, fix_before, line, addr, size, kind, cause = finding_columns(
-        raw, order, pieces.line, pieces.pos, pieces.attr, rows, info.line_size)
+    n = len(order)
+    out = (*(np.empty(n, np.int64) for _ in range(5)), *(np.empty(n, np.uint64) for _ in range(3)),
+           np.empty(n, np.uint8), np.empty(n, np.uint8))
+    _cores.on_cores([partial(finding_columns, raw, order, pieces.line, pieces.pos, pieces.attr, rows, info.line_size,
+                             lo, hi, out) for lo, hi in _cores.halves(n)])
+    at_row, other, fix_agent, fix_after, fix_before, line, addr, size, kind, cause = out
     ev = source.events.select("seq", "agent", "region", "phase", "src", "src_line", "src_offset")
     at = ev[at_row]
     seq = ev["seq"]
