@@ -187,3 +187,67 @@ def test_each_range_lists_its_findings_kinds_and_events_as_the_loop_does(items):
         assert seqs == sorted({r["seq"] for r in mine})
         assert others == sorted({r["other_seq"] for r in mine if r["other_seq"] is not None})
     assert sum(n for n, *_ in got.values()) == len(rows)
+
+
+_KEYED = st.lists(st.tuples(st.integers(0, 7), st.sampled_from(["none", "m2", "m3"]),
+                            st.sampled_from([0, 1, 2, (1 << 62) + 1, None]), st.sampled_from([3, 4, None]),
+                            st.sampled_from(["guest.0", "guest.1", None]), st.sampled_from(["ram", "fb", None]),
+                            st.sampled_from(["stale-line-not-invalidated", "dirty-not-cleaned"]),
+                            st.integers(0, 6)),
+                  min_size=1, max_size=40)
+
+
+def _keyed_rows(items):
+    rows = []
+    for line, m, after, before, fix_agent, region, cause, seq in items:
+        r = finding(0xC000 + 64 * line, mitigation=m, after=after, before=before, fix_agent=fix_agent,
+                    region=region, cause=cause, seq=seq, fix_op="invalidate" if cause.startswith("stale") else "clean")
+        r["other_seq"] = seq
+        rows.append(r)
+    return frame(rows)
+
+
+def _nulls_last(value):
+    return (value is None, "" if value is None else value)
+
+
+@settings(max_examples=80, deadline=None)
+@given(_KEYED)
+def test_order_words_compare_as_the_columns_with_labels_by_text_and_nulls_last(items):
+    """ranges() sorts by a few integer words standing for its columns (``_order_words``): two
+    rows' words must compare as the rows' values do, labels by their text, nulls last (a fix
+    window past 2**62 takes a word of its own), and be equal exactly where the values are."""
+    from tracekit.ranges import RANGE_KEY, _order_words
+
+    import importlib
+
+    module = importlib.import_module("tracekit.ranges")  # (tracekit.ranges, the attribute, is the function)
+    df = _keyed_rows(items)
+    for columns, table in ((list(RANGE_KEY), True), (["fix_agent", "line", "region", "seq"], True),
+                           (list(RANGE_KEY), False)):
+        saved = module._TABLE_CODES
+        module._TABLE_CODES = saved if table else -1  # (-1: the labels ranked by search, as for huge codes)
+        try:
+            words = _order_words(df, columns)
+        finally:
+            module._TABLE_CODES = saved
+        got = [tuple(int(w[i]) for w in words) for i in range(df.height)]
+        values = [tuple(_nulls_last(v) for v in row) for row in df.select(columns).rows()]
+        for i in range(df.height):
+            for j in range(df.height):
+                assert (got[i] < got[j]) == (values[i] < values[j])
+                assert (got[i] == got[j]) == (values[i] == values[j])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_KEYED)
+def test_ranges_come_in_the_documented_order(items):
+    """Rule (ranges' docstring): by mitigation in order of first appearance, then start, cause,
+    fix_after_seq, fix_before_seq, fix_agent, fix_op, region; labels by text, nulls last."""
+    df = _keyed_rows(items)
+    out = ranges(df, 64)
+    first = {m: i for i, m in reversed(list(enumerate(df["mitigation"].to_list())))}
+    keys = [(first[r["mitigation"]], r["start"], r["cause"], *(_nulls_last(r[c]) for c in
+             ("fix_after_seq", "fix_before_seq", "fix_agent", "fix_op", "region"))) for r in out.iter_rows(named=True)]
+    assert keys == sorted(keys)
+    assert len(set(keys)) == len(keys)

@@ -84,8 +84,9 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
 
     Rows are sorted by mitigation (in the order they first appear in
     ``findings``), then ``start``, ``cause``, ``fix_after_seq``,
-    ``fix_before_seq``, ``fix_agent``. The computation is one sort, one diff
-    and one cumulative sum, whatever the number of findings.
+    ``fix_before_seq``, ``fix_agent``, ``fix_op`` and ``region`` (labels by
+    their text, nulls last). The computation is one sort, one diff and one
+    cumulative sum, whatever the number of findings.
     """
     line_size = _check_line_size(line_size)
     missing = [c for c in (*RANGE_KEY, "line", "kind", "seq", "other_seq") if c not in findings.columns]
@@ -98,15 +99,13 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
     kind_rank = pl.col("kind").replace_strict(
         {k: i for i, k in enumerate(_KIND_ORDER)}, default=len(_KIND_ORDER), return_dtype=pl.UInt8
     )
-    # Rows sorted so that a range's findings are adjacent and its lines ascending; nulls
-    # (fix_agent, region) sort together, so null-safe comparisons below group them. A new
-    # range starts where the key changes or the line steps by more than one line (several
-    # findings on one line with the same key need one maintenance). The labels are sorted and
-    # compared as integer codes: only their equality matters here (the ranges are put in
-    # order by name at the end), and sorting strings was most of the time.
-    codes = {c: f"_code_{c}" for c in key
-             if findings.schema[c] == pl.String or isinstance(findings.schema[c], (pl.Categorical, pl.Enum))}
-    by = [codes.get(c, c) for c in key]
+    # Rows sorted so that a range's findings are adjacent and its lines ascending. A new range
+    # starts where the key changes or the line steps by more than one line (several findings
+    # on one line with the same key need one maintenance). The key's seven columns are sorted
+    # and compared as a few integer words (`_order_words`): only their equality matters here
+    # (the ranges are put in order at the end).
+    words = _order_words(findings, key)
+    by = [f"_w{i}" for i in range(len(words))]
     prev_differs = pl.any_horizontal([pl.col(c).ne_missing(pl.col(c).shift(1)) for c in by])
     step = pl.col("line") - pl.col("line").shift(1)
     apart = ~(step.eq_missing(pl.lit(0, dtype=pl.UInt64)) | step.eq_missing(pl.lit(line_size, dtype=pl.UInt64)))
@@ -114,13 +113,12 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
     rows = (
         findings.lazy()
         .with_row_index("_row")
-        .select("_row", *[c for c in by if c not in codes.values()],
-                pl.col("_row").min().over("mitigation").alias("_mit_order"), kind_rank.alias("_kind_rank"),
-                pl.col("line").cast(pl.UInt64), pl.col("seq").cast(pl.UInt64), pl.col("other_seq").cast(pl.UInt64),
-                *[_label_code(c, findings.schema[c]).alias(name) for c, name in codes.items()])
-        .sort([*by, "line"], nulls_last=True)
+        .select("_row", pl.col("_row").min().over("mitigation").alias("_mit_order"), kind_rank.alias("_kind_rank"),
+                pl.col("line").cast(pl.UInt64), pl.col("seq").cast(pl.UInt64), pl.col("other_seq").cast(pl.UInt64))
+        .collect()
+        .with_columns(pl.Series(name, w) for name, w in zip(by, words))
+        .sort([*by, "line"])
         .with_columns(_new=first_row | prev_differs | apart)
-        .collect(engine="in-memory")
     )
     # Each range is a run of rows: its scalars are read at the run's first and last rows (the
     # labels from the findings, by row: the sort moved only codes and numbers), its lists are
@@ -137,8 +135,10 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
         lines=pl.Series((line[last] - line[head]) // np.uint64(line_size) + np.uint64(1)),
         findings=pl.Series(np.diff(bounds).astype(np.uint32)),
     )
-    order = at_head.select(pl.arg_sort_by(["_mit_order", "start", "cause", "fix_after_seq", "fix_before_seq",
-                                           "fix_agent"], nulls_last=True)).to_series().to_numpy()
+    words = _order_words(at_head, ["_mit_order", "start", "cause", "fix_after_seq", "fix_before_seq", "fix_agent",
+                                   "fix_op", "region"])
+    order = pl.DataFrame([pl.Series(f"_w{i}", w) for i, w in enumerate(words)]).select(
+        pl.arg_sort_by([f"_w{i}" for i in range(len(words))])).to_series().to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
     return (
@@ -150,10 +150,66 @@ def ranges(findings: pl.DataFrame, line_size: int) -> pl.DataFrame:
     )
 
 
-def _label_code(column: str, dtype: pl.DataType) -> pl.Expr:
-    """An integer per distinct label of ``column`` (null stays null)."""
-    col = pl.col(column) if isinstance(dtype, (pl.Categorical, pl.Enum)) else pl.col(column).cast(pl.Categorical)
-    return col.to_physical()
+def _order_words(frame: pl.DataFrame, columns: list[str]) -> list[np.ndarray]:
+    """``columns`` of ``frame`` packed into uint64 words, one array per word: the words compare
+    (in order) as the columns do, labels by their text and nulls last, and are equal exactly
+    where the columns are.
+
+    polars sorts a few integer columns without nulls several times faster than labels and
+    nullable numbers: the 14.4 M findings of the whole catalog sort by the range key and
+    line in 0.9 s instead of 4.9 s (and ``nulls_last`` alone makes a sort 3x slower).
+    """
+    fields = [f for c in columns for f in _order_fields(frame[c])]
+    words: list[np.ndarray] = []
+    used = 64
+    for values, bits in fields:
+        if not bits:
+            continue  # the same value (0) in every row
+        if used + bits > 64:
+            words.append(np.zeros(frame.height, np.uint64))
+            used = 0
+        np.left_shift(words[-1], np.uint64(bits), out=words[-1])  # (the first field the most significant)
+        np.bitwise_or(words[-1], values, out=words[-1])
+        used += bits
+    return words or [np.zeros(frame.height, np.uint64)]
+
+
+#: Label codes up to which ``_order_fields`` ranks them through a table indexed by code.
+_TABLE_CODES = 1 << 24
+
+
+def _order_fields(s: pl.Series) -> list[tuple[np.ndarray, int]]:
+    """A column as (uint64 values, bits) fields that order as it does, nulls last: a label's
+    rank in the sorted text of its values, a number as it is (a null one past the greatest)."""
+    if s.dtype == pl.String:
+        s = s.cast(pl.Categorical)
+    if isinstance(s.dtype, (pl.Categorical, pl.Enum)):
+        values = s.unique().drop_nulls()
+        if not len(values):
+            return []  # every row null: nothing to tell them apart
+        codes = values.to_physical().cast(pl.Int64).to_numpy()
+        phys = s.to_physical()
+        by_text = codes[np.argsort(np.array(values.cast(pl.String).to_list(), dtype=object), kind="stable")]
+        null = int(codes.max()) + 1
+        if null <= _TABLE_CODES:  # a table by code (codes are small: a few labels, or a few thousand in a session)
+            table = np.full(null + 1, len(codes), np.uint64)
+            table[by_text] = np.arange(len(codes), dtype=np.uint64)
+            return [(table[(phys.fill_null(null) if phys.null_count() else phys).to_numpy()], len(codes).bit_length())]
+        ascending = np.sort(codes)
+        rank_of = np.empty(len(codes), np.uint64)
+        rank_of[np.searchsorted(ascending, by_text)] = np.arange(len(codes), dtype=np.uint64)
+        at = np.searchsorted(ascending, phys.cast(pl.Int64).fill_null(0).to_numpy())
+        return [(np.where(phys.is_null().to_numpy(), np.uint64(len(codes)), rank_of[np.minimum(at, len(codes) - 1)]),
+                 len(codes).bit_length())]
+    top = s.max()
+    if top is None:
+        return []  # every row null: nothing to tell them apart
+    s = s.cast(pl.UInt64)
+    if not s.null_count():
+        return [(s.to_numpy(), int(top).bit_length())]
+    if int(top) < (1 << 64) - 1:
+        return [(s.fill_null(int(top) + 1).to_numpy(), (int(top) + 1).bit_length())]
+    return [(s.is_null().cast(pl.UInt64).to_numpy(), 1), (s.fill_null(0).to_numpy(), 64)]
 
 
 def _run_kinds(rank: np.ndarray, head: np.ndarray) -> pl.Series:
@@ -181,7 +237,7 @@ def _run_lists(values: pl.Series, bounds: np.ndarray, rank: np.ndarray) -> pl.Se
     r_bits = max(1, int(len(bounds)).bit_length())
     if v_bits + r_bits <= 64:
         packed = (run.astype(np.uint64) << np.uint64(v_bits)) | v
-        packed.sort()
+        packed = pl.Series(packed).sort().to_numpy()  # (polars' sort: 0.23 s for 14 M, numpy's 1.0 s)
         run = (packed >> np.uint64(v_bits)).astype(np.int64)
         v = packed & np.uint64((1 << v_bits) - 1)
     else:  # values too wide to pack beside the run number
