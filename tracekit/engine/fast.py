@@ -200,10 +200,7 @@ def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_
     cut = int(np.searchsorted(pieces.line, pieces.line[n // 2], side="left")) if n >= _SPLIT_SCAN else 0
     if cut == 0 or _cores.CORES < 2:
         return part(0, n)
-    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-scan") as pool:
-        second = pool.submit(part, cut, n)
-        first = part(0, cut)
-        rest = second.result()
+    first, rest = _cores.on_cores([partial(part, 0, cut), partial(part, cut, n)])
     rest[:, 0] += cut  # its piece numbers were the slice's
     return np.concatenate([first, rest])
 
