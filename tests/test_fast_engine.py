@@ -404,8 +404,6 @@ def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
     the values along."""
     import numpy as np
 
-    from tracekit.engine._fast_kernel import sort_pairs_by_high
-
     rng = np.random.default_rng(high_bits * 1000 + n)
     distinct = max(1, min(n // 3, 1 << high_bits))
     values = rng.integers(0, 1 << high_bits, size=distinct, dtype=np.uint64)
@@ -415,7 +413,7 @@ def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
     payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
     work, carried = key.copy(), payload.copy()
     spare_key, spare_value = np.empty_like(key), np.empty_like(key)
-    if sort_pairs_by_high(work, carried, spare_key, spare_value, low_bits, high_bits):
+    if fast.sort_pairs(work, carried, spare_key, spare_value, low_bits, high_bits):
         work, carried = spare_key, spare_value
     order = np.argsort(key, kind="stable")
     assert np.array_equal(work, key[order])

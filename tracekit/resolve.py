@@ -210,8 +210,13 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     k = _kernel()
 
     def rows(lo: int, hi: int) -> None:
-        # (a second half starts from the registers the first half's rows leave)
-        state = k.registers_before(lo, op, side, agent, vcpu_of, reg, value, has_value, n_agents, _OP["sysreg"], _GUEST)
+        # a second half starts from the registers the first half's rows leave; the first from
+        # zeros (without compiling registers_before for a trace resolved in one piece)
+        if lo:
+            state = k.registers_before(lo, op, side, agent, vcpu_of, reg, value, has_value, n_agents,
+                                       _OP["sysreg"], _GUEST)
+        else:
+            state = np.zeros(max(n_agents, 1), np.uint64), np.zeros(max(n_agents, 1), np.uint64)
         k.resolve_codes(lo, hi, *state, sctlr, mair, s1_decl, s1_type, s2_type, mem, path, source, fwb,
                         op, side, attr, has_idx, attr_index, agent, vcpu_of, reg, value, has_value, pick,
                         s2_of_region, host_of_region, ram_region, dev_type, zva, bool(info.fwb),

@@ -432,7 +432,7 @@ def cut_pieces(rows, every_row, j0, j1, k0, rank_of, op, cmo, side, path, region
 
     A piece's position is its row, or the row's rank in (seq, sub) order (``rank_of``, when
     not empty). When ``packed``, its key is ``(line - lmin) << pos_bits | position`` (unique:
-    an event has one piece per line), what ``sort_pairs_by_high`` sorts and ``split_keys``
+    an event has one piece per line), what ``fast.sort_pairs`` sorts and ``split_keys``
     takes apart; else its key is its line and its position goes to ``o_pos``. Its
     attributes are ``pack``'s; the effect bits of a guest's maintenance are those of its
     stage-2 upgrade (``eff_lut``).
@@ -514,50 +514,9 @@ def merge(a_line, a_pos, a_attr, b_line, b_pos, b_attr):
 
 
 @njit(cache=True, nogil=True)
-def sort_pairs_by_high(key, value, spare_key, spare_value, shift, nbits):
-    """Sort ``key`` stably by its bits [shift, shift + nbits), ``value`` along: an LSD radix
-    sort, the spares (as long) its second buffers. Returns 1 when the sorted pairs are in the
-    spares, else 0.
-
-    ``cut_pieces``'s keys need no more: their low bits, the positions, are ascending in input
-    order, which a stable sort of the line bits keeps. Two to three passes, each a count and
-    a scatter, cost less than a comparison sort of 64-bit keys (11.3 M keys: 0.17 s against
-    numpy's 0.8 s on this machine's AMD EPYC; 0.09 s on the Intel Xeon of earlier sessions)
-    whatever the keys' order, and carrying the attributes along spares a gather at random.
-    """
-    n = key.shape[0]
-    passes = max(1, (nbits + _DIGIT - 1) // _DIGIT)
-    d = (nbits + passes - 1) // passes
-    nb = 1 << d
-    m = np.uint64(nb - 1)
-    hist = np.zeros((passes, nb), np.int64)
-    sh = np.uint64(shift)
-    for i in range(n):
-        k = key[i] >> sh
-        for p in range(passes):
-            hist[p, np.int64((k >> np.uint64(p * d)) & m)] += 1
-    src_k, dst_k, src_v, dst_v = key, spare_key, value, spare_value
-    swapped = 0
-    for p in range(passes):
-        if _offsets(hist[p], n):
-            continue  # one digit for all: this pass would move nothing
-        psh = np.uint64(shift + p * d)
-        for i in range(n):
-            b = np.int64((src_k[i] >> psh) & m)
-            j = hist[p, b]
-            dst_k[j] = src_k[i]
-            dst_v[j] = src_v[i]
-            hist[p, b] = j + 1
-        src_k, dst_k = dst_k, src_k
-        src_v, dst_v = dst_v, src_v
-        swapped ^= 1
-    return swapped
-
-
-@njit(cache=True, nogil=True)
 def digit_counts(key, lo, hi, shift, mask):
-    """How many of ``key[lo:hi]`` have each digit ``(key >> shift) & mask``: one thread's share
-    of a pass of ``fast.sort_pairs``."""
+    """How many of ``key[lo:hi]`` have each digit ``(key >> shift) & mask``: a pass of
+    ``fast.sort_pairs``' radix sort counts its keys (or one thread's half of them) so."""
     counts = np.zeros(np.int64(mask) + 1, np.int64)
     for i in range(lo, hi):
         counts[np.int64((key[i] >> shift) & mask)] += 1
@@ -566,28 +525,14 @@ def digit_counts(key, lo, hi, shift, mask):
 
 @njit(cache=True, nogil=True)
 def scatter_digit(src_key, src_value, dst_key, dst_value, lo, hi, places, shift, mask):
-    """Move the pairs ``[lo, hi)`` to their digit's next place (``places``, advanced): one
-    thread's share of a pass of ``fast.sort_pairs``, stable within the share."""
+    """Move the pairs ``[lo, hi)`` to their digit's next place (``places``, advanced): a pass of
+    ``fast.sort_pairs``' radix sort (or one thread's half of it), stable."""
     for i in range(lo, hi):
         b = np.int64((src_key[i] >> shift) & mask)
         j = places[b]
         dst_key[j] = src_key[i]
         dst_value[j] = src_value[i]
         places[b] = j + 1
-
-
-@njit(cache=True, inline="always")
-def _offsets(counts, n):
-    """Turn a pass's digit counts into the digits' first places; True when one digit has them all."""
-    s = 0
-    single = False
-    for b in range(counts.shape[0]):
-        c = counts[b]
-        if c == n:
-            single = True
-        counts[b] = s
-        s += c
-    return single
 
 
 @njit(cache=True, nogil=True)
