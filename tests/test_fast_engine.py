@@ -395,6 +395,26 @@ def test_two_run_order_merges_a_frame_and_its_appended_events(keys, want):
     assert two_run_order(seq, sub).tolist() == want
 
 
+def _assert_sorts_as_a_stable_sort(high, high_bits, rng):
+    """``fast.sort_pairs`` of keys packed as fast.explode packs them (``high`` above the
+    positions) must order them, and carry the values, as a stable argsort; ``stable_order``
+    of ``high`` must be that argsort."""
+    import numpy as np
+
+    n = len(high)
+    low_bits = max(1, (n - 1).bit_length())
+    key = (high << np.uint64(low_bits)) | np.arange(n, dtype=np.uint64)
+    payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
+    work, carried = key.copy(), payload.copy()
+    spare_key, spare_value = np.empty_like(key), np.empty_like(key)
+    if fast.sort_pairs(work, carried, spare_key, spare_value, low_bits, high_bits):
+        work, carried = spare_key, spare_value
+    order = np.argsort(key, kind="stable")
+    assert np.array_equal(work, key[order])
+    assert np.array_equal(carried, payload[order])
+    assert np.array_equal(fast.stable_order(high.copy(), high_bits), np.argsort(high, kind="stable"))
+
+
 @pytest.mark.parametrize("high_bits", [1, 5, 11, 12, 25, 40])
 @pytest.mark.parametrize("n", [0, 1, 7, 5000])
 def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
@@ -408,17 +428,7 @@ def test_radix_sorts_order_as_a_stable_sort(high_bits, n):
     distinct = max(1, min(n // 3, 1 << high_bits))
     values = rng.integers(0, 1 << high_bits, size=distinct, dtype=np.uint64)
     high = values[rng.integers(0, distinct, size=n)] if n else np.zeros(0, np.uint64)
-    low_bits = max(1, (n - 1).bit_length())
-    key = (high << np.uint64(low_bits)) | np.arange(n, dtype=np.uint64)  # as fast.explode packs them
-    payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
-    work, carried = key.copy(), payload.copy()
-    spare_key, spare_value = np.empty_like(key), np.empty_like(key)
-    if fast.sort_pairs(work, carried, spare_key, spare_value, low_bits, high_bits):
-        work, carried = spare_key, spare_value
-    order = np.argsort(key, kind="stable")
-    assert np.array_equal(work, key[order])
-    assert np.array_equal(carried, payload[order])
-    assert np.array_equal(fast.stable_order(high.copy(), high_bits), np.argsort(high, kind="stable"))
+    _assert_sorts_as_a_stable_sort(high, high_bits, rng)
 
 
 @pytest.mark.parametrize("high_bits", [1, 11, 25, 40])
@@ -435,17 +445,7 @@ def test_radix_sort_on_two_cores_orders_as_a_stable_sort(monkeypatch, high_bits,
     monkeypatch.setattr(_cores, "CORES", 2)
     rng = np.random.default_rng(high_bits * 7 + n)
     high = rng.integers(0, 1 << min(high_bits, 3) if n % 2 else 1 << high_bits, size=n, dtype=np.uint64)
-    low_bits = max(1, (n - 1).bit_length())
-    key = (high << np.uint64(low_bits)) | np.arange(n, dtype=np.uint64)
-    payload = rng.integers(0, 1 << 60, size=n, dtype=np.uint64)
-    work, carried = key.copy(), payload.copy()
-    spare_key, spare_value = np.empty_like(key), np.empty_like(key)
-    if fast.sort_pairs(work, carried, spare_key, spare_value, low_bits, high_bits):
-        work, carried = spare_key, spare_value
-    order = np.argsort(key, kind="stable")
-    assert np.array_equal(work, key[order])
-    assert np.array_equal(carried, payload[order])
-    assert np.array_equal(fast.stable_order(high.copy(), high_bits), np.argsort(high, kind="stable"))
+    _assert_sorts_as_a_stable_sort(high, high_bits, rng)
 
 
 def test_inserted_events_of_both_runs_are_cut_in_rank_order():

@@ -23,8 +23,8 @@ from .engine import ENGINES, SPECULATION_MODELS, get_engine
 from .errors import UsageError
 from .model import TraceInfo
 from .resolve import resolve
-from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, info_of, polars_schema,
-                     read_compact, read_metadata, write_table)
+from .schema import (FINDINGS_SCHEMA, TRACE_SCHEMA, TableWriter, check_output, conform, info_of, read_compact,
+                     read_metadata, write_table)
 
 
 class Analysis:
