@@ -18,6 +18,28 @@ from numba import njit
 NONE = 255
 
 
+@njit(cache=True, inline="always")
+def _write_register(i, a, reg, value, has_value, cur_sctlr, cur_mair):
+    """Row ``i``'s SCTLR_EL1 (``reg`` 1) or MAIR_EL1 (2) write, into vCPU ``a``'s registers
+    (a write without a value writes 0)."""
+    v = value[i] if has_value[i] else np.uint64(0)
+    if reg[i] == 1:
+        cur_sctlr[a] = v
+    else:
+        cur_mair[a] = v
+
+
+@njit(cache=True, inline="always")
+def _guest_type(decl, sc, ifetch, s2, forced_wb, NC, WB, M, C, I):
+    """Stage 1's type and the effective type of a guest access: the MMU on (SCTLR_EL1.M) with
+    the access's cache enable clear (C for data, I for an instruction fetch) makes a Normal
+    declaration Non-cacheable; stage 1 x stage 2 takes the more restrictive, unless FWB
+    forces Write-Back. The rule of both ``resolve_codes`` and ``guest_types``."""
+    cache_off = ((sc & I) == 0) if ifetch else ((sc & C) == 0)
+    s1 = NC if ((sc & M) != 0 and cache_off and decl >= NC) else decl
+    return s1, (WB if forced_wb else min(s1, s2))
+
+
 @njit(cache=True, nogil=True)
 def registers_before(stop, op, side, agent, vcpu_of, reg, value, has_value, n_agents, sysreg, guest):
     """Each vCPU's SCTLR_EL1 and MAIR_EL1 after the rows before ``stop``: where the second half
@@ -26,11 +48,7 @@ def registers_before(stop, op, side, agent, vcpu_of, reg, value, has_value, n_ag
     cur_mair = np.zeros(max(n_agents, 1), np.uint64)
     for i in range(stop):
         if op[i] == sysreg and reg[i] != 0 and side[i] == guest:
-            v = value[i] if has_value[i] else np.uint64(0)
-            if reg[i] == 1:
-                cur_sctlr[vcpu_of[agent[i]]] = v
-            else:
-                cur_mair[vcpu_of[agent[i]]] = v
+            _write_register(i, vcpu_of[agent[i]], reg, value, has_value, cur_sctlr, cur_mair)
     return cur_sctlr, cur_mair
 
 
@@ -68,11 +86,7 @@ def resolve_codes(lo, hi, cur_sctlr, cur_mair, sctlr, mair, s1_decl, s1_type, s2
         if s == GUEST:
             a = vcpu_of[agent[i]]
             if o == SYSREG and reg[i] != 0:
-                v = value[i] if has_value[i] else np.uint64(0)
-                if reg[i] == 1:
-                    cur_sctlr[a] = v
-                else:
-                    cur_mair[a] = v
+                _write_register(i, a, reg, value, has_value, cur_sctlr, cur_mair)
             sctlr[i] = cur_sctlr[a]
             mair[i] = cur_mair[a]
         access = o == READ or o == WRITE or o == IFETCH
@@ -99,11 +113,9 @@ def resolve_codes(lo, hi, cur_sctlr, cur_mair, sctlr, mair, s1_decl, s1_type, s2
             else:
                 decl = WB
                 src = c[17]
-            cache_off = ((sc & I) == 0) if ifetch else ((sc & C) == 0)
-            s1 = NC if ((sc & M) != 0 and cache_off and decl >= NC) else decl
             s2 = s2_of_region[r]
             f = fwb_trace and ram_region[r]
-            m = WB if f else min(s1, s2)
+            s1, m = _guest_type(decl, sc, ifetch, s2, f, NC, WB, M, C, I)
             s1_decl[i] = decl
             s1_type[i] = s1
             s2_type[i] = s2
@@ -188,12 +200,7 @@ def guest_types(decl, sctlr, has_sctlr, op, s2, fwb, mem_before, path_codes, c):
             t = mem_before[i]
         else:
             v = np.uint64(sctlr[i]) if has_sctlr[i] else np.uint64(0)
-            enable = I if op[i] == IFETCH else C
-            t1 = d
-            if (v & M) != 0 and (v & enable) == 0 and d >= NC:
-                t1 = np.uint8(NC)
-            s1[i] = t1
-            t = np.uint8(WB) if fwb[i] else min(t1, s2[i])
+            s1[i], t = _guest_type(d, v, op[i] == IFETCH, s2[i], fwb[i], NC, WB, M, C, I)
         mem[i] = t
         path[i] = path_codes[min(t, path_codes.shape[0] - 1)]
     return s1, mem, path

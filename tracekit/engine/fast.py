@@ -270,7 +270,7 @@ def sort_pairs(key: np.ndarray, value: np.ndarray, spare_key: np.ndarray, spare_
         sh = np.uint64(shift + p * d)
         counted = _cores.on_cores([partial(K.digit_counts, src_k, lo, hi, sh, mask) for lo, hi in halves])
         counts = sum(counted[1:], counted[0])
-        if n == 0 or counts.max() == n:
+        if counts.max() == n:  # (no keys: every count 0)
             continue  # one digit for all: this pass would move nothing
         places = np.zeros(len(counts), np.int64)
         np.cumsum(counts[:-1], out=places[1:])
