@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -445,10 +446,11 @@ def test_writer_fills_whole_row_groups_from_small_frames(tmp_path):
 
 @pytest.mark.parametrize("first_coded", [True, False])
 def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
-    """Enum/Categorical columns go to Parquet as dictionaries; frames coded otherwise than the
-    first are made alike, and every reader sees the same strings either way."""
+    """Enum/Categorical and plain string columns go to Parquet alike, as dictionaries; frames
+    coded otherwise than the first give the same values."""
     events = ingest_mod.ingest(write(tmp_path, "s.tkt", SCENARIO), tmp_path / "s.parquet", quiet=True)
-    plain = pl.read_parquet(tmp_path / "s.parquet")
+    plain = load(tmp_path / "s.parquet").events  # trace-v1: text as strings
+    assert all(plain.schema[c] == pl.String for c in ("op", "agent", "src"))
     coded = plain.with_columns(pl.col("op").cast(pl.Enum(["read", "write", "ifetch", "cmo", "sysreg", "barrier",
                                                           "marker"])),
                                pl.col("agent", "src").cast(pl.Categorical))
@@ -458,10 +460,66 @@ def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
         for f in frames:
             w.write(f)
         w.finish(events.info)
-    back = pl.read_parquet(out)
-    assert back.schema == plain.schema  # strings, not dictionaries, for every reader
-    assert back.equals(pl.concat([plain] * 3))
+    assert scan(out).collect().equals(pl.concat([plain] * 3))
+    assert pl.read_parquet(out).schema == pl.read_parquet(tmp_path / "s.parquet").schema
     schema.validate_arrow(pq.read_table(out), "trace-v1", where=str(out))
+
+
+def test_a_trace_stores_its_text_columns_as_enums_and_categoricals(tmp_path):
+    """schemas/trace-v1.json storage.arrow_types: the file stores its Arrow schema, each text
+    column a dictionary of strings that polars reads as the schema's Enum (the allowed values,
+    in string order) or as a Categorical, without making strings; the values are trace-v1's.
+    The tracekit metadata is in the file's key-value metadata."""
+    out = tmp_path / "s.parquet"
+    ingest(write(tmp_path, "s.tkt", SCENARIO), out, quiet=True)
+    compact = schema.polars_schema("trace-v1", compact=True)
+    read = pl.read_parquet(out)
+    texts = [c["name"] for c in schema.schema_doc("trace-v1")["columns"] if c["type"] == "string"]
+    for c in texts:
+        assert read.schema[c] == compact[c], c
+    assert isinstance(read.schema["op"], pl.Enum) and isinstance(read.schema["agent"], pl.Categorical)
+    arrow = pq.read_schema(out)
+    assert all(pa.types.is_dictionary(arrow.field(c).type) for c in texts)
+    strings = load(tmp_path / "s.tkt").events  # imported in memory: strings
+    assert schema.conform(read, "trace-v1").equals(strings)
+    assert scan(out).collect().equals(strings)
+    assert json.loads(pq.read_metadata(out).metadata[b"tracekit"])["schema"] == "tracekit-trace"
+    schema.validate_arrow(pq.read_table(out), "trace-v1", where=str(out))
+
+
+def test_a_trace_written_with_plain_strings_loads_the_same(tmp_path):
+    """A trace written before storage.arrow_types (plain strings, no Arrow schema stored) loads
+    to the same frames, compact or not."""
+    new = tmp_path / "s.parquet"
+    ingest(write(tmp_path, "s.tkt", SCENARIO + "guest cmo dc.zva 0x40000000\nhost read 0x40000000 8\n"),
+           new, quiet=True)
+    table = pq.read_table(new)
+    strings = pa.schema([f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema])
+    old = tmp_path / "old.parquet"
+    with pq.ParquetWriter(old, strings, store_schema=False) as w:
+        w.write_table(table.cast(strings))
+        w.add_key_value_metadata({b"tracekit": pq.read_metadata(new).metadata[b"tracekit"]})
+    assert not any(pa.types.is_dictionary(f.type) for f in pq.read_schema(old))
+    assert pl.read_parquet(old).schema["op"] == pl.String
+    for compact in (True, False):
+        a, b = load(old, compact=compact).events, load(new, compact=compact).events
+        assert a.schema == b.schema and a.equals(b), compact
+    assert load(new, compact=True).events["cmo"].drop_nulls().to_list() == ["dc.civac", "dc.cisw", "dc.zva"]
+
+
+def test_recoding_an_enum_maps_every_value_and_null():
+    """`_read_compact` maps a stored Enum (string order) to the kernels' Enum by a table of codes:
+    the same column as polars' cast through strings."""
+    from tracekit.resolve import VOCABULARY
+    from tracekit import trace as trace_module
+
+    for name, to in VOCABULARY.items():
+        values = to.categories.to_list()
+        stored = pl.Enum(sorted(values))
+        column = pl.Series(name, [*values, None, *reversed(values), None], dtype=pl.String).cast(stored)
+        got = trace_module._recoded(column, to)
+        assert got.dtype == to and got.name == name
+        assert got.equals(column.cast(pl.String).cast(to)), name
 
 
 @pytest.mark.parametrize("name, content", [("t.csv", "agent,op,addr,size\n"),

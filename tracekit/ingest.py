@@ -726,6 +726,7 @@ def export(trace_path: PathLike, output_tkt: PathLike, *, force: bool = False, q
             for batch in pf.iter_batches(batch_size=MERGE_BATCH):
                 df = pl.from_arrow(batch)
                 assert isinstance(df, pl.DataFrame)
+                df = schema.conform(df, schema.TRACE_SCHEMA)  # text as strings (a file may hold Enums)
                 df = _mark_untyped(df, state["sctlr"])
                 lines = _event_lines(df)
                 prev = pl.concat([pl.Series([state["phase"]], dtype=pl.String), df["phase"].head(-1)])

@@ -357,7 +357,10 @@ def split_trace(trace_path: str | os.PathLike[str], workdir: Path, owners: Owner
 
     parts = owners.parts
     pf = pq.ParquetFile(trace_path)
-    schema = pf.schema_arrow.remove_metadata()
+    # text columns as strings: a file that stores its Arrow types holds them as dictionaries,
+    # one per row group, and an Arrow IPC file takes no dictionary that changes between batches
+    schema = pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type, f.nullable)
+                        for f in pf.schema_arrow])
     options = pa.ipc.IpcWriteOptions(compression="lz4")
     writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
     counts = np.zeros(parts, np.int64)
@@ -366,7 +369,7 @@ def split_trace(trace_path: str | os.PathLike[str], workdir: Path, owners: Owner
     bar = progress(total=pf.metadata.num_rows, desc="partition", unit="ev", unit_scale=True, quiet=quiet)
     try:
         for batch in _row_groups(trace_path, pf):
-            batch = batch.replace_schema_metadata(None)
+            batch = batch.cast(schema)
             per_part, glob = _split_batch(batch, owners)
             for p, tab in per_part:
                 if p not in writers:
