@@ -31,7 +31,7 @@ def test_findings_file_has_the_documented_columns_and_metadata(tmp_path):
     validate_arrow(pq.read_table(out), "findings-v1", where=str(out))
     assert dict(f.schema) == polars_schema("findings-v1")
     assert set(f["mitigation"]) == {"none"} and f.height == 2
-    meta = json.loads(pq.read_schema(out).metadata[b"tracekit"])
+    meta = json.loads(pq.read_metadata(out).metadata[b"tracekit"])
     assert meta["trace_sha256"] == hashlib.sha256(BOOT.read_bytes()).hexdigest()
     assert meta["line_size"] == 64 and meta["speculation"] == "architectural"
     assert meta["mitigations"] == ["none"] and meta["schema"] == "tracekit-findings"
@@ -51,7 +51,7 @@ def test_all_expands_to_the_catalog_in_order(tmp_path):
 
     out = tmp_path / "f.parquet"
     assert run("analyze", BOOT, "-m", "all", "-o", out, "-q").exit_code == 0
-    meta = json.loads(pq.read_schema(out).metadata[b"tracekit"])
+    meta = json.loads(pq.read_metadata(out).metadata[b"tracekit"])
     assert meta["mitigations"] == expand("all") and meta["mitigations"][0] == "none"
     assert len(meta["mitigations"]) == 10 and set(meta["costs"]) == set(meta["mitigations"])
 
