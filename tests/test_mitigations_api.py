@@ -172,6 +172,36 @@ def test_custom_mitigation_that_drops_a_column_is_an_error(trace, custom):
         apply_mitigation(resolve(trace.events, trace.info), "broken", trace.info)
 
 
+@pytest.mark.parametrize("profile", ["boot", "virtio", "framebuffer", "mixed"])
+def test_mitigations_declared_retypes_only_keep_every_event(profile):
+    """Mitigation.retypes_only (the memory planner counts such a mitigation as light as none):
+    each built-in that declares it keeps the trace's events, one for one; the others insert."""
+    from tracekit.synth import synth_frame, trace_info
+
+    info = trace_info()
+    resolved = resolve(synth_frame(60_000, seed=11, profile=profile), info)
+    light = {n for n, m in MITIGATIONS.items() if m.builtin and m.retypes_only}
+    assert light == {"none", "mair-trap", "coherent-device", "host-uncached", "s2fwb"}
+    for name in light:
+        frame, _, cost = apply_mitigation(resolved, name, info)
+        assert frame.height == resolved.height and (frame["sub"] == 0).all(), name
+        assert frame["seq"].equals(resolved["seq"]) and cost.inserted_ops == 0, name
+
+
+def test_a_mitigation_declared_retypes_only_that_inserts_is_an_error(trace, custom):
+    def inserts(frame, ctx):
+        lf = frame.lazy()
+        at = lf.filter(pl.col("op") == "read").select(
+            "seq", "src", "src_line", j=pl.lit(0), before=pl.lit(True), acting=pl.col("agent"),
+            cmo=pl.lit("dc.civac"), addr=pl.col("addr"), size=pl.col("size"))
+        return pl.concat([lf, inserted_events(at, ctx, lf.collect_schema())])
+
+    register_mitigation("not-light", inserts, retypes_only=True)
+    custom.append("not-light")
+    with pytest.raises(MitigationError, match="not-light.*retypes_only.*6 events into 8"):
+        apply_mitigation(resolve(trace.events, trace.info), "not-light", trace.info)
+
+
 # --------------------------------------------------------------------------
 # Costs
 

@@ -56,13 +56,15 @@ if TYPE_CHECKING:
 #: sized with it; 100 M events at --memory-budget 1G peaked at 1.29 GB, benchmarks/README.md).
 BYTES_PER_EVENT = 700
 #: A whole trace in memory, per event: the baseline alone (`none` replays the resolved
-#: frame as it is), with the heaviest single mitigation, and per mitigation beyond the
+#: frame as it is, and a mitigation that only retypes, ``Mitigation.retypes_only``, builds
+#: no second frame), with the heaviest single mitigation, and per mitigation beyond the
 #: first (its findings are kept for the comparison; two replay at once); plus what the
 #: process needs besides (interpreter, polars, numba). Fitted to the peak RSS of
-#: `tracekit analyze -o F` on `mixed` traces (2026-12-06; tests/test_partition.py has the
-#: table): 10 M events: none 2.28 GiB, kvm-fault-clean+guest-boot-inval 3.83, the catalog
-#: 6.22; 1 M: the catalog 1.05. The estimate is 1.1-1.2x the heavy runs' peaks and up to
-#: 1.8x the lightest's (mair-trap); it was 1.5-1.9x, and partitioned the catalog of 10 M
+#: `tracekit analyze -o F` on `mixed` traces (2026-12-06, re-measured 2026-12-07 on traces
+#: that store their Arrow types; tests/test_partition.py has the table): 10 M events: none
+#: 1.89 GiB, s2fwb 1.85, kvm-fault-clean+guest-boot-inval 3.55, the catalog 6.13; 1 M: the
+#: catalog 1.05. The estimate is 1.07-1.2x the heavy runs' peaks and up to 1.76x the
+#: lightest's (guest-boot-inval); it was 1.5-1.9x, and partitioned the catalog of 10 M
 #: events even with a 12 GB budget.
 WHOLE_BYTES_PER_EVENT_NONE = 220
 WHOLE_BYTES_PER_EVENT = 400
@@ -81,6 +83,15 @@ BASE_BYTES = 350 << 20
 PAGE_SHIFT = 12  # parts own whole 4 KiB pages
 _GLOBAL_OPS = ("sysreg",)
 _LINE_CMOS = ("dc.ivac", "dc.cvac", "dc.cvap", "dc.civac", "dc.cvau", "dc.zva", "ic.ivau")
+
+
+def _retypes_only(spec: str) -> bool:
+    """Whether every mitigation of ``spec`` (``a+b``) only retypes events (``Mitigation.retypes_only``):
+    then, like ``none``, it builds no second frame beside the trace. An unknown name counts as
+    heavy (loading it reports it)."""
+    from .mitigations import MITIGATIONS
+
+    return all(n.strip() in MITIGATIONS and MITIGATIONS[n.strip()].retypes_only for n in spec.split("+"))
 
 
 def default_budget() -> int:
@@ -112,10 +123,10 @@ def estimated_bytes(events: int, mitigations: int | Sequence[str] = ("none",), *
     ``replays`` mitigations replayed at once (2, or 1 for the least memory).
     """
     if isinstance(mitigations, int):
-        count, only_none = max(1, mitigations), False
+        count, light = max(1, mitigations), False
     else:
-        count, only_none = max(1, len(mitigations)), all(m == "none" for m in mitigations)
-    per_event = WHOLE_BYTES_PER_EVENT_NONE if only_none else WHOLE_BYTES_PER_EVENT
+        count, light = max(1, len(mitigations)), all(_retypes_only(m) for m in mitigations)
+    per_event = WHOLE_BYTES_PER_EVENT_NONE if light else WHOLE_BYTES_PER_EVENT
     if count > 1 and not findings_kept:
         if replays == 1:
             return WHOLE_BASE_BYTES + events * (per_event + ON_DISK_SERIAL_BYTES_PER_EVENT)

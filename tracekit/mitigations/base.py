@@ -146,6 +146,9 @@ class Mitigation:
     maximal runs of neighbouring lines, one per (anchor, side of it, acting agent,
     region), like guest-boot-inval's; a partitioned run, whose parts each see part of a
     run, then counts them by where the runs begin (``partition._RunEdges``).
+    ``retypes_only``: it changes memory types or settings and never inserts or removes an
+    event, so it builds no second frame beside the trace and the memory planner counts it
+    as light as ``none`` (``partition.estimated_bytes``); checked when it is applied.
     """
 
     name: str
@@ -157,6 +160,7 @@ class Mitigation:
     update_info: InfoFn | None = None
     builtin: bool = False
     merges_lines: bool = False
+    retypes_only: bool = False
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "actor": self.actor, "changes": self.changes, "limits": self.limits}
@@ -676,6 +680,7 @@ def register_mitigation(
     replace: bool = False,
     builtin: bool = False,
     merges_lines: bool = False,
+    retypes_only: bool = False,
 ) -> Any:
     """Add a mitigation to the catalog, from Python.
 
@@ -698,7 +703,7 @@ def register_mitigation(
     def wrap(fn: ApplyFn) -> Mitigation:
         doc = (inspect.getdoc(fn) or "").strip().split("\n\n")[0].replace("\n", " ")
         return _add(Mitigation(name, actor, changes or doc or name, limits or "not stated", fn, traps,
-                               update_info, builtin, merges_lines), replace)
+                               update_info, builtin, merges_lines, retypes_only), replace)
 
     if apply is not None:
         return wrap(apply)
@@ -813,11 +818,15 @@ def apply_mitigation(resolved: pl.DataFrame, spec: str, info: TraceInfo, *, orde
         if m.traps is not None:
             traps.update({str(t): int(c) for t, c in dict(m.traps(frame, ctx)).items()})
         token = _MERGE_INSERTED.set(False) if not ordered and m.builtin and k == len(names) else None
+        before = frame.height
         try:
             frame = _conform_like(collect(m.apply(frame, ctx)), schema, name)
         finally:
             if token is not None:
                 _MERGE_INSERTED.reset(token)
+        if m.retypes_only and frame.height != before:
+            raise MitigationError(f"mitigation {name!r} is declared retypes_only, but turned {before} events "
+                                  f"into {frame.height}")
         info = new_info
     if ordered and not _ordered(frame):
         frame = frame.sort("seq", "sub", maintain_order=True)

@@ -188,5 +188,6 @@ COHERENT_DEVICE = register_mitigation(Mitigation(
             "SCTLR_EL1.C = 0 and a non-WB stage 2 still apply; a real non-coherent DMA master "
             "(@device NAME noncoherent) now misses the guest's dirty lines."),
     apply=coherent_device,
+    retypes_only=True,
     builtin=True,
 ))

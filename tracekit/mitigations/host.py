@@ -103,6 +103,7 @@ HOST_UNCACHED = register_mitigation(Mitigation(
             "alias itself (a guest WB write then a host read is now stale), and every host access "
             "there becomes a slow uncached one."),
     apply=host_uncached,
+    retypes_only=True,
     update_info=_uncached_regions,
     builtin=True,
 ))

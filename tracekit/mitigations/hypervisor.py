@@ -255,6 +255,7 @@ MAIR_TRAP = register_mitigation(Mitigation(
             "stay; a non-coherent device now misses the guest's dirty lines; counts MAIR_EL1 writes "
             "only (with HCR_EL2.TVM instead of a fine-grained trap every VM-register write traps too)."),
     apply=mair_trap,
+    retypes_only=True,
     traps=mair_trap_traps,
     builtin=True,
 ))
@@ -297,6 +298,7 @@ S2FWB = register_mitigation(Mitigation(
             "non-coherent device or a host mapping shared memory Non-cacheable now misses the guest's "
             "dirty lines; needs ARMv8.4 hardware."),
     apply=s2fwb,
+    retypes_only=True,
     update_info=_fwb_on,
     builtin=True,
 ))

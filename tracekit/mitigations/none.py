@@ -15,5 +15,6 @@ NONE = register_mitigation(Mitigation(
     changes="Nothing: the trace as recorded, the baseline the others are compared with.",
     limits="Fixes nothing.",
     apply=_identity,
+    retypes_only=True,
     builtin=True,
 ))
