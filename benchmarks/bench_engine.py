@@ -158,25 +158,17 @@ def ensure_trace(workdir: Path, events: int, seed: int = 1) -> Path:
 
 
 def plain_strings_copy(trace: Path) -> Path:
-    """The yardstick's input: ``trace`` with its text columns as plain Parquet strings and no
-    Arrow schema stored (as traces were written before storage.arrow_types), the same encodings."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    """The yardstick's input: ``trace`` written with its text columns as plain Parquet strings and
+    no Arrow schema stored (as traces were written before storage.arrow_types), the same encodings."""
+    import polars as pl
 
     from tracekit import schema
 
     path = trace.with_name(trace.stem + ".plain-strings.parquet")
-    if path.exists():
-        return path
-    table = pq.read_table(trace)
-    strings = pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type, f.nullable)
-                         for f in table.schema])
-    texts = [f.name for f in strings if pa.types.is_string(f.type)]
-    storage = schema.schema_doc(schema.TRACE_SCHEMA)["storage"]
-    with pq.ParquetWriter(path, strings, compression=storage["compression"], use_dictionary=texts,
-                          store_schema=False, column_encoding=schema.column_encodings(schema.TRACE_SCHEMA, strings, texts),
-                          write_statistics=schema.statistics_columns(schema.TRACE_SCHEMA, strings, texts)) as w:
-        w.write_table(table.cast(strings), row_group_size=int(schema.schema_doc(schema.TRACE_SCHEMA)["row_group_size"]))
+    if not path.exists():
+        with schema.TableWriter(path, schema=schema.TRACE_SCHEMA, arrow_types=False) as w:
+            w.write(pl.read_parquet(trace))
+            w.finish(schema.read_trace_info(trace))
     return path
 
 

@@ -189,7 +189,7 @@ def _order_fields(s: pl.Series) -> list[tuple[np.ndarray, int]]:
             return []  # every row null: nothing to tell them apart
         codes = values.to_physical().cast(pl.Int64).to_numpy()
         phys = s.to_physical()
-        by_text = codes[np.argsort(np.array(values.cast(pl.String).to_list(), dtype=object), kind="stable")]
+        by_text = codes[values.cast(pl.String).arg_sort().to_numpy()]  # (the labels are distinct)
         null = int(codes.max()) + 1
         if null <= _TABLE_CODES:  # a table by code (codes are small: a few labels, or a few thousand in a session)
             table = np.full(null + 1, len(codes), np.uint64)

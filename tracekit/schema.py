@@ -233,7 +233,7 @@ class TableWriter:
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, schema: str, force: bool = False,
-                 extra_columns: bool = False) -> None:
+                 extra_columns: bool = False, arrow_types: bool | None = None) -> None:
         self.schema, self.extra_columns = schema, extra_columns
         self.row_group = int(schema_doc(schema).get("row_group_size", 1 << 20))
         target = arrow_schema(schema)
@@ -259,8 +259,9 @@ class TableWriter:
         # way); pyarrow gives dictionaries (pandas: Categoricals). Otherwise the Arrow
         # schema is not stored (it would say string_view or dictionary) and every reader
         # sees plain strings. The tracekit metadata is added by hand either way, to the
-        # file's key-value metadata (``read_metadata``).
-        self.arrow_types = bool(storage.get("arrow_types"))
+        # file's key-value metadata (``read_metadata``). ``arrow_types`` overrides the schema's
+        # storage (False: a file as every trace was written before, for comparisons).
+        self.arrow_types = bool(storage.get("arrow_types")) if arrow_types is None else arrow_types
         self.compact = polars_schema(schema, compact=True) if self.arrow_types else {}
         self.target = pa.schema([f.with_type(pa.string_view()) if f.name in self.dictionary else f for f in target])
         self._coded: set[str] | None = None  # the text columns written as dictionaries (the first frame's)
