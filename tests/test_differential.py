@@ -173,8 +173,9 @@ def test_changed_lines_replay_gives_the_reference_findings(trace, data, speculat
 
 class _AlwaysSplitScan:
     """Force the fast engine to share all it shares between two cores, however small the frame:
-    every scan of two or more pieces cut in two halves, every cut of events into pieces and
-    every radix sort done as two halves, on two threads."""
+    every scan of two or more pieces cut at line boundaries into parts that two threads take
+    in turn, every cut of events into pieces and every radix sort done as two halves, on two
+    threads."""
 
     def __enter__(self):
         self.saved = fast._SPLIT_SCAN, _cores.CORES, _cores.SPLIT_ROWS
@@ -189,8 +190,8 @@ class _AlwaysSplitScan:
        speculation=st.sampled_from(["architectural", "observed"]))
 def test_scan_cut_in_two_at_a_line_gives_the_reference_findings(trace, spec, speculation):
     """Rule (architecture.md, "Both engines must return identical frames"): lines are independent,
-    so a scan cut at a line boundary and run as two halves must give the same rows in the same
-    order; each half numbers its pieces from its own start. The events cut into pieces as two
+    so a scan cut at line boundaries into parts, run by two threads in turn, must give the same
+    rows in the same order; each part numbers its pieces from its own start. The events cut into pieces as two
     halves and the pieces sorted by two threads must come out as from one pass."""
     from tracekit.mitigations import apply_mitigation
 

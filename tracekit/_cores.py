@@ -8,6 +8,7 @@ pass's. Tests set ``CORES`` and ``SPLIT_ROWS`` to force the halves on tiny trace
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -38,3 +39,29 @@ def on_cores(calls: list[Callable[[], Any]]) -> list[Any]:
         second = pool.submit(calls[1])
         first = calls[0]()
         return [first, second.result()]
+
+
+def pulled(calls: list[Callable[[], Any]]) -> list[Any]:
+    """The results of ``calls`` in order, run by two threads (this one and another) that each
+    take the next call as soon as they are done with one.
+
+    For work cut in more pieces than cores because the pieces cost unequally (a scan's lines
+    do: a trace's frame buffer costs several times its boot code per piece), so that neither
+    core waits for the other while there is work left.
+    """
+    if len(calls) == 1 or CORES < 2:
+        return [call() for call in calls]
+    results: list[Any] = [None] * len(calls)
+    taken = itertools.count()  # (next() on it is atomic: a call is taken by one thread only)
+
+    def work() -> None:
+        for i in taken:
+            if i >= len(calls):
+                return
+            results[i] = calls[i]()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-half") as pool:
+        other = pool.submit(work)
+        work()
+        other.result()
+    return results
