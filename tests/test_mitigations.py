@@ -636,3 +636,32 @@ def test_a_loaded_trace_and_its_resolved_frame_share_the_events_columns(tmp_path
         mine = tr.events[column].to_numpy(allow_copy=False)
         theirs = resolved[column].to_numpy(allow_copy=False)
         assert np.shares_memory(mine, theirs), column
+
+
+def test_a_trace_replayed_once_leaves_only_its_gathered_columns_in_pieces(tmp_path):
+    """For one mitigation (`analyze` and the command pass ``gathered_in_pieces`` then) `load`
+    copies into one piece only the columns the engine reads as arrays; time, phase, detail
+    and the sources stay in polars' pieces (360 MB not copied at 10 M events). The findings
+    gathered from them must be those of a trace in one piece."""
+    from polars.testing import assert_frame_equal
+
+    from tracekit.analyze import analyze
+    from tracekit.synth import synth_frame, trace_info
+    from tracekit.trace import _ARRAY_COLUMNS, load
+
+    from tracekit import schema as schema_module
+
+    path = tmp_path / "t.parquet"
+    with schema_module.TableWriter(path, schema=schema_module.TRACE_SCHEMA) as w:
+        w.row_group = 20_000
+        w.write(synth_frame(100_000, seed=5))
+        w.finish(trace_info())
+    tr = load(path, compact=True, gathered_in_pieces=True)
+    pieces = dict(zip(tr.events.columns, tr.events.n_chunks("all")))
+    assert {c for c, n in pieces.items() if n > 1} == {"time", "phase", "detail", "src", "src_line", "src_offset"}
+    assert all(pieces[c] == 1 for c in _ARRAY_COLUMNS)
+    whole = analyze(load(path, compact=True), ["none"])
+    once = analyze(str(path), ["none"])  # (analyze loads it so)
+    assert whole.findings.height > 0
+    assert_frame_equal(once.findings, whole.findings)
+    assert_frame_equal(analyze(tr, ["none"]).findings, whole.findings)

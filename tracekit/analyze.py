@@ -121,7 +121,7 @@ _INFO_KEYS = {"line_size", "stage2", "fwb", "regions", "devices", "inputs", "sch
               "tracekit_version"}
 
 
-def _load_trace(trace: Any, *, quiet: bool):
+def _load_trace(trace: Any, *, quiet: bool, replayed_once: bool = False):
     from .trace import Trace, load
 
     if isinstance(trace, Trace):
@@ -129,7 +129,8 @@ def _load_trace(trace: Any, *, quiet: bool):
     from .resolve import warm_up
 
     with warm_up():  # numba loads its compiled code while the trace is read, as the CLI does
-        return load(trace, compact=True) if not isinstance(trace, (list, tuple)) else load(list(trace), compact=True)
+        return load(trace if not isinstance(trace, (list, tuple)) else list(trace), compact=True,
+                    gathered_in_pieces=replayed_once)
 
 
 def expand_mitigations(specs: Iterable[str]) -> list[str]:
@@ -203,7 +204,7 @@ def analyze(
         raise UsageError("keep_findings=False: expected an output file to write the findings to, found none")
     if output is not None:
         check_output(output, force=force)  # before any work
-    tr = _load_trace(trace, quiet=quiet)
+    tr = _load_trace(trace, quiet=quiet, replayed_once=len(specs) == 1)
     info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
     resolved = resolve(tr.events, info)
     engine_replay = get_engine(engine)

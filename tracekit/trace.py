@@ -56,7 +56,8 @@ def is_trace_parquet(path: PathLike) -> bool:
 
 
 def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = None,
-         options: ImportOptions | None = None, concat: bool = False, compact: bool = False) -> Trace:
+         options: ImportOptions | None = None, concat: bool = False, compact: bool = False,
+         gathered_in_pieces: bool = False) -> Trace:
     """The trace in ``path_or_paths``: a tracekit Parquet as is, anything else imported in memory.
 
     Several inputs merge by time (or append with ``concat``), as in ``ingest``.
@@ -64,6 +65,9 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
     frame holds them (closed vocabularies as Enums, agents, registers, phases,
     details and sources as Categoricals): what `analyze` does, at a third of the
     memory of strings and without converting them afterwards.
+    ``gathered_in_pieces``: leave the columns that are only gathered from (time, phase,
+    detail and the sources) in the pieces polars read them in, for a trace replayed once
+    (``_one_piece``).
     """
     from .ingest import file_sha256, ingest_frame
 
@@ -79,9 +83,9 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
             digest = pool.submit(file_sha256, p)
             with schema.reading(p, "a trace Parquet written by tracekit"):
                 events = _read_compact(p) if compact else schema.conform(pl.read_parquet(p), schema.TRACE_SCHEMA)
-            return Trace(_one_piece(events), info, str(p), digest.result())
+            return Trace(_one_piece(events, gathered_in_pieces), info, str(p), digest.result())
     events, info = ingest_frame(paths, format=format, concat=concat, options=options)
-    events = _one_piece(events)
+    events = _one_piece(events, gathered_in_pieces)
     if len(info.inputs) == 1:
         digest = info.inputs[0].sha256
     else:
@@ -89,18 +93,27 @@ def load(path_or_paths: PathLike | Sequence[PathLike], *, format: str | None = N
     return Trace(events, info, ", ".join(str(p) for p in paths), digest)
 
 
-def _one_piece(events: pl.DataFrame) -> pl.DataFrame:
-    """The events with each column in one piece.
+#: The trace columns the engine reads as arrays (resolve, mitigations, replay); the others
+#: (time, phase, detail, sources) are only gathered at a few rows (inserted events, findings).
+_ARRAY_COLUMNS = ("seq", "agent", "side", "op", "addr", "size", "cmo", "sysreg", "value", "attr", "attr_index")
+
+
+def _one_piece(events: pl.DataFrame, gathered_in_pieces: bool = False) -> pl.DataFrame:
+    """The events with each column in one piece (``gathered_in_pieces``: each column read as
+    an array).
 
     polars reads a Parquet file in pieces (one or more per row group: 10 to 95 for 10 M
     events), and every numpy view of a column in pieces is a copy. Copied once here, the
     resolved frame shares the trace's columns, and an analysis that holds both (the
     Trace and its resolved frame) holds the events once: 0.7 GB less for 10 M events.
-    Every column, even those only gathered from (time, phase, sources): left in pieces
-    (0.1 s less here), they cost the catalog of 10 M events 4 s and 0.5 GB more, its
-    mitigations copying them over and over.
+    The columns only gathered from are worth a copy when many mitigations copy the frame
+    (the catalog of 10 M events took 4 s and 0.5 GB more with them in pieces), not for one
+    replay (360 MB and ~0.1 s less).
     """
-    return events.rechunk()
+    if not gathered_in_pieces:
+        return events.rechunk()
+    pieces = [c for c in _ARRAY_COLUMNS if c in events.columns and events[c].n_chunks() > 1]
+    return events.with_columns(events.select(pieces).rechunk()) if pieces else events
 
 
 def _read_compact(path: PathLike) -> pl.DataFrame:

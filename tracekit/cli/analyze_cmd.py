@@ -56,8 +56,9 @@ def analyze(
     budget = parse_size(memory_budget) if memory_budget else default_budget()
     single = inputs[0] if len(inputs) == 1 else None
     plan = "whole"
+    specs = expand_mitigations(mitigation)
     if single is not None and single.suffix == ".parquet" and emit_trace is None:
-        plan = memory_plan(single, budget, expand_mitigations(mitigation))
+        plan = memory_plan(single, budget, specs)
     # a run that writes its findings as it goes reads them back only for a report: the summary
     # and --fail-on use figures tallied on the way, so the run stays within its budget (tens of
     # millions of findings otherwise)
@@ -71,7 +72,7 @@ def analyze(
 
         with warm_up():  # numba loads its compiled code while the trace is read
             trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
-                         concat=concat, compact=True)
+                         concat=concat, compact=True, gathered_in_pieces=len(specs) == 1)
         kw = dict(engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,
                   keep_transformed=emit_trace is not None, force=force)
         if plan in ("findings-on-disk", "findings-on-disk-serial"):
