@@ -444,10 +444,13 @@ def test_writer_fills_whole_row_groups_from_small_frames(tmp_path):
     assert pl.read_parquet(out).equals(big)
 
 
+@pytest.mark.parametrize("arrow_types", [None, False])
 @pytest.mark.parametrize("first_coded", [True, False])
-def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
+def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded, arrow_types):
     """Enum/Categorical and plain string columns go to Parquet alike, as dictionaries; frames
-    coded otherwise than the first give the same values."""
+    coded otherwise than the first give the same values, whether the file stores its Arrow
+    types (traces) or not (findings; there each dictionary keeps the first frame's index
+    type: an Enum's 8-bit codes, then a Categorical's 32-bit ones cast to them)."""
     events = ingest_mod.ingest(write(tmp_path, "s.tkt", SCENARIO), tmp_path / "s.parquet", quiet=True)
     plain = load(tmp_path / "s.parquet").events  # trace-v1: text as strings
     assert all(plain.schema[c] == pl.String for c in ("op", "agent", "src"))
@@ -456,12 +459,15 @@ def test_writer_takes_coded_and_plain_text_columns_alike(tmp_path, first_coded):
                                pl.col("agent", "src").cast(pl.Categorical))
     frames = [coded, plain, coded] if first_coded else [plain, coded, plain]
     out = tmp_path / "mixed.parquet"
-    with schema.TableWriter(out, schema=schema.TRACE_SCHEMA) as w:
+    with schema.TableWriter(out, schema=schema.TRACE_SCHEMA, arrow_types=arrow_types) as w:
         for f in frames:
             w.write(f)
         w.finish(events.info)
     assert scan(out).collect().equals(pl.concat([plain] * 3))
-    assert pl.read_parquet(out).schema == pl.read_parquet(tmp_path / "s.parquet").schema
+    if arrow_types is None:
+        assert pl.read_parquet(out).schema == pl.read_parquet(tmp_path / "s.parquet").schema
+    else:
+        assert pl.read_parquet(out).equals(pl.concat([plain] * 3))  # plain strings, every reader
     schema.validate_arrow(pq.read_table(out), "trace-v1", where=str(out))
 
 
