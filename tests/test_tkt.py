@@ -252,6 +252,9 @@ BAD = [
     ("guest\n", 1, "expected an operation", "found end of line"),
     # undeclared device
     ("@device gpu coherent\ndev.nic write 0x0 8\n", 2, "expected a device declared with @device", "'dev.nic'"),
+    # the first undeclared device access is named, whichever device is seen first
+    ("@device gpu coherent\ndev.gpu read 0x0 8\ndev.gpu read 0x0 8\ndev.blk read 0x0 8\ndev.nic write 0x0 8\n"
+     "dev.nic write 0x0 8\ndev.blk read 0x0 8\n", 4, "expected a device declared with @device", "'dev.blk'"),
     # arguments
     ("guest read 0x0\n", 1, "expected 'read ADDR SIZE'", "found end of line"),
     ("guest read 0x0 8 9\n", 1, "expected 'read ADDR SIZE'", "found extra '9'"),

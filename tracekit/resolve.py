@@ -198,7 +198,7 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     host_of_region = np.array([TYPE_RANK.get(r.host, _DEV) for r in regions] + [_NONE], dtype=np.uint8)
     ram_region = np.array([r.kind == "ram" for r in regions] + [False])
     dev = (side == SIDES.index("dev")) & (access | zva)
-    dev_type = _device_types(events, info, dev)
+    dev_type = _device_types(events, info, dev, agent)
     reg = reg.to_series().to_numpy()
     value, has_value = _numbers(value)
     n = len(op)
@@ -271,18 +271,29 @@ def warm_up():
         worker.join()
 
 
-def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray) -> np.ndarray:
-    """Type code of each device access from its declaration (coherent: WB, else NC); 255 elsewhere."""
+def _device_types(events: pl.DataFrame, info: TraceInfo, dev: np.ndarray, agent: np.ndarray) -> np.ndarray:
+    """Type code of each device access from its declaration (coherent: WB, else NC); 255 elsewhere.
+
+    ``agent``: the agents' Categorical codes. The few agents are looked up by name once each,
+    then every device access by its code (string operations on 0.4 M device accesses took
+    0.05 s of 10 M events' resolve).
+    """
     out = np.full(len(dev), _NONE, dtype=np.uint8)
     if not dev.any():
         return out
+    rows = np.flatnonzero(dev)
+    codes = agent[rows]
+    first = np.full(int(codes.max()) + 1, -1, np.int64)
+    first[codes[::-1]] = rows[::-1]  # each agent code's first device access
+    used = np.flatnonzero(first >= 0)
+    names = events["agent"].gather(first[used]).cast(pl.String).str.split(".").list.get(1, null_on_oob=True)
     coherent = {d.name: d.coherent for d in info.devices}
-    names = events["agent"].filter(pl.Series(dev)).cast(pl.String).str.split(".").list.get(1, null_on_oob=True)
-    undeclared = names.is_null() | ~names.is_in(list(coherent))
-    if undeclared.any():
-        row = events.filter(pl.Series(dev)).filter(undeclared).row(0, named=True)
+    undeclared = [i for i, n in enumerate(names) if n not in coherent]
+    if undeclared:
+        row = events.row(int(min(first[used][i] for i in undeclared)), named=True)
         raise TraceFormatError(
             f"{row['src']}:{row['src_line']}: expected a device declared with @device, found {row['agent']!r}")
-    codes = names.replace_strict({n: (_WB if c else _NC) for n, c in coherent.items()}, return_dtype=pl.UInt8)
-    out[dev] = codes.to_numpy()
+    type_of = np.full(len(first), _NONE, np.uint8)
+    type_of[used] = [_WB if coherent[n] else _NC for n in names]
+    out[rows] = type_of[codes]
     return out
