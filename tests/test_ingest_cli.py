@@ -521,7 +521,7 @@ def test_recoding_an_enum_maps_every_value_and_null():
         values = to.categories.to_list()
         stored = pl.Enum(sorted(values))
         column = pl.Series(name, [*values, None, *reversed(values), None], dtype=pl.String).cast(stored)
-        got = trace_module._recoded(column, to)
+        got = column.to_frame().select(trace_module._recoded(name, stored, to)).to_series()
         assert got.dtype == to and got.name == name
         assert got.equals(column.cast(pl.String).cast(to)), name
 
