@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import polars as pl
 
-from . import schema
+from . import _cores, schema
 from .errors import TracekitError
 from .importers import ImportOptions
 from .model import TraceInfo
@@ -110,10 +110,15 @@ def _one_piece(events: pl.DataFrame, gathered_in_pieces: bool = False) -> pl.Dat
     (the catalog of 10 M events took 4 s and 0.5 GB more with them in pieces), not for one
     replay (360 MB and ~0.1 s less).
     """
-    if not gathered_in_pieces:
-        return events.rechunk()
-    pieces = [c for c in _ARRAY_COLUMNS if c in events.columns and events[c].n_chunks() > 1]
-    return events.with_columns(events.select(pieces).rechunk()) if pieces else events
+    wanted = events.columns if not gathered_in_pieces else [c for c in _ARRAY_COLUMNS if c in events.columns]
+    pieces = [c for c in wanted if events[c].n_chunks() > 1]
+    if not pieces:
+        return events
+    # a column at a time on each core (polars copies a Series without the GIL; DataFrame.rechunk
+    # copied 7 columns of 10 M events in 0.2 s, two threads in 0.1 s), the biggest first
+    pieces.sort(key=lambda c: -events[c].estimated_size())
+    with ThreadPoolExecutor(max(1, min(2, _cores.CORES))) as pool:
+        return events.with_columns(pool.map(lambda c: events[c].rechunk(), pieces))
 
 
 def _read_compact(path: PathLike) -> pl.DataFrame:
