@@ -27,18 +27,9 @@ def halves(n: int) -> list[tuple[int, int]]:
 
 
 def on_cores(calls: list[Callable[[], Any]]) -> list[Any]:
-    """The results of ``calls`` (one or two compiled kernels that release the GIL), the second
-    run on another thread while the first runs here.
-
-    A pool per call, not one kept: a thread left alive would keep the command from leaving
-    at once (``cli.main``).
-    """
-    if len(calls) == 1:
-        return [calls[0]()]
-    with ThreadPoolExecutor(1, thread_name_prefix="tracekit-half") as pool:
-        second = pool.submit(calls[1])
-        first = calls[0]()
-        return [first, second.result()]
+    """The results of ``calls`` (one or two compiled kernels that release the GIL, as
+    ``halves`` cuts a pass), the second run on another thread while the first runs here."""
+    return pulled(calls)
 
 
 def pulled(calls: list[Callable[[], Any]]) -> list[Any]:
@@ -47,9 +38,10 @@ def pulled(calls: list[Callable[[], Any]]) -> list[Any]:
 
     For work cut in more pieces than cores because the pieces cost unequally (a scan's lines
     do: a trace's frame buffer costs several times its boot code per piece), so that neither
-    core waits for the other while there is work left.
+    core waits for the other while there is work left. A pool per call, not one kept: a
+    thread left alive would keep the command from leaving at once (``cli.main``).
     """
-    if len(calls) == 1 or CORES < 2:
+    if len(calls) <= 1 or CORES < 2:
         return [call() for call in calls]
     results: list[Any] = [None] * len(calls)
     taken = itertools.count()  # (next() on it is atomic: a call is taken by one thread only)

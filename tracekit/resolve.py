@@ -23,7 +23,7 @@ import polars as pl
 
 from ._cores import halves, on_cores
 from .errors import TraceFormatError
-from .schema import enum_from_codes
+from .schema import enum_from_codes, enum_of_codes
 from .model import (CMO_OPS, MAIR_BYTE_TYPE, MEMORY_TYPES, OPS, PATH_OF_TYPE, PATHS, SCTLR_C, SCTLR_I, SCTLR_M,
                     SIDES, TYPE_RANK, TraceInfo)
 
@@ -230,22 +230,17 @@ def resolve(events: pl.DataFrame, info: TraceInfo) -> pl.DataFrame:
     }).select(
         sctlr=pl.when("guest").then("sctlr"),
         mair=pl.when("guest").then("mair"),
-        s1_decl=_enum_of_codes("s1_decl", TYPE_ENUM),
-        s1_type=_enum_of_codes("s1_type", TYPE_ENUM),
-        s2_type=_enum_of_codes("s2_type", TYPE_ENUM),
+        s1_decl=enum_of_codes(pl.col("s1_decl"), TYPE_ENUM),
+        s1_type=enum_of_codes(pl.col("s1_type"), TYPE_ENUM),
+        s2_type=enum_of_codes(pl.col("s2_type"), TYPE_ENUM),
         fwb=pl.when(pl.col("fwb") != _NONE).then(pl.col("fwb") == 1),
-        mem_type=_enum_of_codes("mem_type", TYPE_ENUM),
-        path=_enum_of_codes("path", PATH_ENUM),
-        type_source=_enum_of_codes("type_source", SOURCE_ENUM),
+        mem_type=enum_of_codes(pl.col("mem_type"), TYPE_ENUM),
+        path=enum_of_codes(pl.col("path"), PATH_ENUM),
+        type_source=enum_of_codes(pl.col("type_source"), SOURCE_ENUM),
     )
     frame = pl.concat([events, region_frame, built], how="horizontal")
     extra = [c for c in frame.columns if c not in RESOLVED_COLUMNS and c not in events.columns]
     return frame.select(*events.columns, *[c for c in RESOLVED_COLUMNS if c != "sub"], *extra)
-
-
-def _enum_of_codes(column: str, dtype: pl.Enum) -> pl.Expr:
-    """``column``'s uint8 codes as the Enum ``dtype`` (255: null), as ``enum_from_codes``."""
-    return pl.col(column).cat.to(dtype, strict=False)
 
 
 def _kernel():

@@ -88,6 +88,15 @@ def enum_from_codes(codes: np.ndarray, dtype: pl.Enum) -> pl.Series:
     return pl.Series(codes.astype(np.uint8, copy=False)).cat.to(dtype, strict=False)
 
 
+def enum_of_codes(codes: pl.Expr, dtype: pl.Enum, table: np.ndarray | None = None) -> pl.Expr:
+    """``enum_from_codes`` as an expression, so that a select makes several such columns at
+    once: the uint8 ``codes`` (or ``table[codes]``, a uint8 table of codes) as the Enum
+    ``dtype``; 255 is null."""
+    if table is not None:
+        codes = pl.lit(pl.Series(table.astype(np.uint8, copy=False))).gather(codes)
+    return codes.cat.to(dtype, strict=False)
+
+
 def conform(df: pl.DataFrame, name: str, *, extra: bool = False, compact: bool = False,
             keep_coded: bool = False) -> pl.DataFrame:
     """Select and cast ``df`` to schema ``name`` (missing nullable columns become nulls).

@@ -24,7 +24,7 @@ from .. import _cores
 from ..errors import UsageError
 from ..findings import kind_cause_rank
 from ..model import CMO_OPS, OPS, PATHS, SIDES, TraceInfo, cmo_effect, seq_sub_key
-from ..schema import FINDINGS_SCHEMA, conform, polars_schema
+from ..schema import FINDINGS_SCHEMA, conform, enum_of_codes, polars_schema
 
 # codes shared with _fast_kernel (kept here so importing this module does not import numba)
 READ, WRITE, IFETCH, CMO = 0, 1, 2, 3
@@ -336,7 +336,7 @@ def findings_frame(raw: np.ndarray, pieces: Pieces, events: "pl.DataFrame | _Sou
 
     def coded(column: str, names: list[str], code: str) -> pl.Expr:
         lut = np.array([target[column].categories.to_list().index(v) for v in names], np.uint8)
-        return pl.lit(pl.Series(lut)).gather(pl.col(code)).cat.to(target[column], strict=False)
+        return enum_of_codes(pl.col(code), target[column], lut)
 
     def event(column: str, row: str) -> pl.Expr:
         return pl.lit(ev[column]).gather(pl.col(row))
