@@ -16,7 +16,8 @@ steps' first-touch page faults and first calls are part of what a user waits for
     write       the findings file, row group by row group, and its metadata
 
 For each step: wall seconds, cores busy (CPU seconds / wall seconds, 2.0 at most on the
-benchmark machine) and minor page faults (thousands). With several runs, each figure is
+benchmark machine), the kernel's share of that CPU time (on the benchmark machine mostly
+first touches of fresh pages: faults and zeroing) and minor page faults (thousands). With several runs, each figure is
 the median of the runs, and the end-to-end time of every run is printed.
 
 One mitigation only: under several, the steps of different mitigations overlap on threads
@@ -41,9 +42,10 @@ from pathlib import Path
 STEPS = ("read", "resolve", "mitigate", "order", "cut", "scan", "findings", "write")
 
 
-def _usage() -> tuple[float, int]:
+def _usage() -> tuple[float, float, int]:
+    """CPU seconds (user and kernel), kernel CPU seconds, minor page faults, of this process."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_minflt
+    return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
 
 
 def child(trace: str, mitigation: str) -> dict:
@@ -54,20 +56,21 @@ def child(trace: str, mitigation: str) -> dict:
     # (the modules: tracekit.analyze is also the name of the function)
     analyze_module = importlib.import_module("tracekit.analyze")
     mitigations_module = importlib.import_module("tracekit.mitigations")
-    totals = {s: [0.0, 0.0, 0] for s in STEPS}
+    totals = {s: [0.0, 0.0, 0.0, 0] for s in STEPS}
 
     def timed(step: str, f):
         @functools.wraps(f)
         def run(*a, **k):
-            t, (c, p) = time.perf_counter(), _usage()
+            t, (c, k0, p) = time.perf_counter(), _usage()
             try:
                 return f(*a, **k)
             finally:
-                c2, p2 = _usage()
+                c2, k2, p2 = _usage()
                 total = totals[step]
                 total[0] += time.perf_counter() - t
                 total[1] += c2 - c
-                total[2] += p2 - p
+                total[2] += k2 - k0
+                total[3] += p2 - p
         return run
 
     analyze_module._load_trace = timed("read", analyze_module._load_trace)
@@ -81,11 +84,11 @@ def child(trace: str, mitigation: str) -> dict:
     schema.TableWriter.write = timed("write", schema.TableWriter.write)
     schema.TableWriter.finish = timed("write", schema.TableWriter.finish)
     with tempfile.TemporaryDirectory(prefix="tracekit-phases-") as tmp:
-        t, (c, p) = time.perf_counter(), _usage()
+        t, (c, k0, p) = time.perf_counter(), _usage()
         found = analyze_module.analyze(trace, [mitigation], output=Path(tmp) / "findings.parquet")
         wall = time.perf_counter() - t
-        c2, p2 = _usage()
-    return {"steps": totals, "wall": wall, "cpu": c2 - c, "faults": p2 - p,
+        c2, k2, p2 = _usage()
+    return {"steps": totals, "wall": wall, "cpu": c2 - c, "kernel": k2 - k0, "faults": p2 - p,
             "findings": found.compact_findings.height, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -113,18 +116,20 @@ def main() -> None:
     print(f"{a.trace}, {a.mitigation}: {runs[0]['findings']:,} findings; "
           f"{len(runs)} run(s), medians (every run's end to end: "
           f"{', '.join(format(r['wall'], '.2f') for r in runs)} s)")
-    print(f"{'step':10s} {'seconds':>8s} {'cores':>6s} {'faults':>8s}")
+    print(f"{'step':10s} {'seconds':>8s} {'cores':>6s} {'kernel':>7s} {'faults':>8s}")
     for step in STEPS:
         wall = med(r["steps"][step][0] for r in runs)
         if wall == 0:
             continue
         cores = med(r["steps"][step][1] / r["steps"][step][0] for r in runs if r["steps"][step][0])
-        faults = med(r["steps"][step][2] for r in runs)
-        print(f"{step:10s} {wall:8.2f} {cores:6.2f} {faults / 1000:7.0f}k")
+        kernel = med(r["steps"][step][2] / r["steps"][step][1] for r in runs if r["steps"][step][1])
+        faults = med(r["steps"][step][3] for r in runs)
+        print(f"{step:10s} {wall:8.2f} {cores:6.2f} {kernel:6.0%} {faults / 1000:7.0f}k")
     wall = med(r["wall"] for r in runs)
     print(f"{'other':10s} {wall - sum(med(r['steps'][s][0] for r in runs) for s in STEPS):8.2f}")
     print(f"{'total':10s} {wall:8.2f} {med(r['cpu'] / r['wall'] for r in runs):6.2f} "
-          f"{med(r['faults'] for r in runs) / 1000:7.0f}k   peak RSS {max(r['rss_mb'] for r in runs):.0f} MiB")
+          f"{med(r['kernel'] / r['cpu'] for r in runs):6.0%} {med(r['faults'] for r in runs) / 1000:7.0f}k"
+          f"   peak RSS {max(r['rss_mb'] for r in runs):.0f} MiB")
 
 
 if __name__ == "__main__":

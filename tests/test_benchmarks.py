@@ -24,9 +24,10 @@ def test_phases_reports_every_step_of_one_analysis(tmp_path):
     assert p.returncode == 0, p.stderr
     rows = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()[2:]}
     # every step of a `none` analysis ran through its timer (a step never timed has no row;
-    # mitigate is timed too, though none changes nothing): seconds, cores, faults
+    # mitigate is timed too, though none changes nothing): seconds, cores, kernel share, faults
     for step in ("read", "resolve", "mitigate", "order", "cut", "scan", "findings", "write"):
-        assert step in rows and len(rows[step]) == 3, (step, p.stdout)
+        assert step in rows and len(rows[step]) == 4, (step, p.stdout)
+        assert rows[step][2].endswith("%") and rows[step][3].endswith("k"), (step, p.stdout)
     assert "total" in rows
     assert "findings;" in p.stdout.splitlines()[0] and not p.stdout.startswith(f"{trace}, none: 0 findings")
 
