@@ -121,14 +121,15 @@ _INFO_KEYS = {"line_size", "stage2", "fwb", "regions", "devices", "inputs", "sch
               "tracekit_version"}
 
 
-def _load_trace(trace: Any, *, quiet: bool, replayed_once: bool = False):
+def _load_trace(trace: Any, *, quiet: bool, replayed_once: bool = False, engine: str = "fast"):
     from .trace import Trace, load
 
     if isinstance(trace, Trace):
         return trace
     from .resolve import warm_up
 
-    with warm_up():  # numba loads its compiled code while the trace is read, as the CLI does
+    # numba loads its compiled code while the trace is read, as the CLI does
+    with warm_up(fast_engine=engine == "fast"):
         return load(trace if not isinstance(trace, (list, tuple)) else list(trace), compact=True,
                     gathered_in_pieces=replayed_once)
 
@@ -204,7 +205,7 @@ def analyze(
         raise UsageError("keep_findings=False: expected an output file to write the findings to, found none")
     if output is not None:
         check_output(output, force=force)  # before any work
-    tr = _load_trace(trace, quiet=quiet, replayed_once=len(specs) == 1)
+    tr = _load_trace(trace, quiet=quiet, replayed_once=len(specs) == 1, engine=engine)
     info = tr.info if line_size is None else tr.info.replace(line_size=line_size)
     resolved = resolve(tr.events, info)
     engine_replay = get_engine(engine)

@@ -250,14 +250,23 @@ def _kernel():
 
 
 @contextlib.contextmanager
-def warm_up():
+def warm_up(*, fast_engine: bool = False):
     """While the body runs (reading a trace: polars, GIL released), import numba and load the
     resolve kernels' cached machine code in a thread; wait for it at the end.
 
     Both take ~0.3 s at the start of a command; overlapped, they cost the longer of the two.
+    ``fast_engine``: first, when the fast engine's scan is not compiled yet (an empty cache),
+    start compiling it in another process (``engine._precompile``).
     Any error is left for the real first use to raise.
     """
     def load() -> None:
+        if fast_engine:
+            try:
+                from .engine import _precompile
+
+                _precompile.start_if_cold()
+            except Exception:  # noqa: BLE001 - the scan then compiles at its first call
+                pass
         try:
             k = _kernel()
             empty = np.zeros(0, np.uint64)

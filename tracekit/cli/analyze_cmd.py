@@ -70,7 +70,7 @@ def analyze(
     else:
         from ..resolve import warm_up
 
-        with warm_up():  # numba loads its compiled code while the trace is read
+        with warm_up(fast_engine=engine == "fast"):  # numba loads its compiled code while the trace is read
             trace = load([str(p) for p in inputs] if len(inputs) > 1 else str(inputs[0]), format=input_format,
                          concat=concat, compact=True, gathered_in_pieces=len(specs) == 1)
         kw = dict(engine=engine, speculation=speculation, line_size=line_size, quiet=quiet,

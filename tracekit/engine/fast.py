@@ -191,8 +191,10 @@ def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_
     line boundaries into parts that two threads take in turn (the kernel releases the GIL);
     the rows come back in line order, as from one scan.
     """
+    from . import _precompile
     from ._fast_kernel import scan as kernel
 
+    _precompile.wait()  # a first run's helper compiling this kernel (and the findings') meanwhile
     g_ram, g_ic, g_isw = globals_
     observed = speculation == "observed"
 
