@@ -255,18 +255,20 @@ def warm_up(*, fast_engine: bool = False):
     resolve kernels' cached machine code in a thread; wait for it at the end.
 
     Both take ~0.3 s at the start of a command; overlapped, they cost the longer of the two.
-    ``fast_engine``: first, when the fast engine's scan is not compiled yet (an empty cache),
-    start compiling it in another process (``engine._precompile``).
+    ``fast_engine``: also, in a thread of its own that nothing waits for, look whether the fast
+    engine's scan is compiled and, on an empty cache, start compiling it in another process
+    (``engine._precompile``).
     Any error is left for the real first use to raise.
     """
-    def load() -> None:
-        if fast_engine:
-            try:
-                from .engine import _precompile
+    def first_run() -> None:
+        try:
+            from .engine import _precompile
 
-                _precompile.start_if_cold()
-            except Exception:  # noqa: BLE001 - the scan then compiles at its first call
-                pass
+            _precompile.start_if_cold()
+        except Exception:  # noqa: BLE001 - the scan then compiles at its first call
+            pass
+
+    def load() -> None:
         try:
             k = _kernel()
             empty = np.zeros(0, np.uint64)
@@ -277,6 +279,8 @@ def warm_up(*, fast_engine: bool = False):
         except Exception:  # noqa: BLE001 - the real call reports it
             pass
 
+    if fast_engine:
+        threading.Thread(target=first_run, name="tracekit-first-run", daemon=True).start()
     worker = threading.Thread(target=load, name="tracekit-numba-warm-up", daemon=True)
     worker.start()
     try:
