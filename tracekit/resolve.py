@@ -255,19 +255,11 @@ def warm_up(*, fast_engine: bool = False):
     resolve kernels' cached machine code in a thread; wait for it at the end.
 
     Both take ~0.3 s at the start of a command; overlapped, they cost the longer of the two.
-    ``fast_engine``: also, in a thread of its own that nothing waits for, look whether the fast
-    engine's scan is compiled and, on an empty cache, start compiling it in another process
-    (``engine._precompile``).
+    ``fast_engine``: also, in a thread of its own (``engine._precompile.look_meanwhile``), look
+    whether the fast engine's scan is compiled and, on an empty cache, start compiling it in
+    another process.
     Any error is left for the real first use to raise.
     """
-    def first_run() -> None:
-        try:
-            from .engine import _precompile
-
-            _precompile.start_if_cold()
-        except Exception:  # noqa: BLE001 - the scan then compiles at its first call
-            pass
-
     def load() -> None:
         try:
             k = _kernel()
@@ -280,7 +272,9 @@ def warm_up(*, fast_engine: bool = False):
             pass
 
     if fast_engine:
-        threading.Thread(target=first_run, name="tracekit-first-run", daemon=True).start()
+        from .engine import _precompile
+
+        _precompile.look_meanwhile()
     worker = threading.Thread(target=load, name="tracekit-numba-warm-up", daemon=True)
     worker.start()
     try:

@@ -23,6 +23,7 @@ import numpy as np
 
 _lock = threading.Lock()
 _helper: subprocess.Popen | None = None
+_looking: threading.Thread | None = None  # `look_meanwhile`'s thread
 #: Helpers this process started (for tests and diagnostics).
 helpers_started = 0
 #: Longest wait for the helper (a first compile takes seconds; a stuck one is left behind).
@@ -75,9 +76,27 @@ def start_if_cold() -> bool:
         return True
 
 
+def look_meanwhile() -> None:
+    """`start_if_cold` in a thread of its own, which nothing waits for but `wait`: importing the
+    kernels to look at their cache costs a warm run nothing on the way (a trace being read)."""
+    global _looking
+
+    def look() -> None:
+        try:
+            start_if_cold()
+        except Exception:  # noqa: BLE001 - the scan then compiles at its first call
+            pass
+
+    _looking = threading.Thread(target=look, name="tracekit-first-run", daemon=True)
+    _looking.start()
+
+
 def wait() -> None:
     """Wait for a helper this process started (a no-op without one)."""
     global _helper
+    looking = _looking
+    if looking is not None:
+        looking.join()  # (it may be about to start one)
     if _helper is None:
         return
     with _lock:
