@@ -487,7 +487,7 @@ def test_the_scans_compiled_code_formats_no_strings():
 
 
 def test_work_pulled_by_two_threads_comes_back_in_order_and_uses_both():
-    """``_cores.pulled`` runs calls that cost unequally on two threads, each taking the next
+    """``_cores.on_cores`` runs calls that cost unequally on two threads, each taking the next
     when it is done: the results must be in the calls' order, every call made once, both
     threads must take part when one call blocks, and an error must reach the caller."""
     import threading
@@ -508,14 +508,14 @@ def test_work_pulled_by_two_threads_comes_back_in_order_and_uses_both():
                 gate.set()
             return i * i
 
-        assert _cores.pulled([lambda i=i: call(i) for i in range(10)]) == [i * i for i in range(10)]
+        assert _cores.on_cores([lambda i=i: call(i) for i in range(10)]) == [i * i for i in range(10)]
         assert len(names) == 10 and len(set(names)) == 2
 
         def fails() -> None:
             raise ValueError("part 3")
 
         with pytest.raises(ValueError, match="part 3"):
-            _cores.pulled([lambda: 1, lambda: 2, fails, lambda: 4])
+            _cores.on_cores([lambda: 1, lambda: 2, fails, lambda: 4])
     finally:
         _cores.CORES = saved
 

@@ -27,19 +27,13 @@ def halves(n: int) -> list[tuple[int, int]]:
 
 
 def on_cores(calls: list[Callable[[], Any]]) -> list[Any]:
-    """The results of ``calls`` (one or two compiled kernels that release the GIL, as
-    ``halves`` cuts a pass), the second run on another thread while the first runs here."""
-    return pulled(calls)
-
-
-def pulled(calls: list[Callable[[], Any]]) -> list[Any]:
     """The results of ``calls`` in order, run by two threads (this one and another) that each
-    take the next call as soon as they are done with one.
-
-    For work cut in more pieces than cores because the pieces cost unequally (a scan's lines
-    do: a trace's frame buffer costs several times its boot code per piece), so that neither
-    core waits for the other while there is work left. A pool per call, not one kept: a
-    thread left alive would keep the command from leaving at once (``cli.main``).
+    take the next call as soon as they are done with one: the two halves of a pass
+    (``halves``), or work cut in more parts than cores because the parts cost unequally (a
+    scan's lines do: a trace's frame buffer costs several times its boot code per piece), so
+    that neither core waits for the other while there is work left. The calls are compiled
+    kernels, or polars copies, that release the GIL. A pool per call, not one kept: a thread
+    left alive would keep the command from leaving at once (``cli.main``).
     """
     if len(calls) <= 1 or CORES < 2:
         return [call() for call in calls]

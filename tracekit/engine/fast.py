@@ -211,7 +211,7 @@ def scan(pieces: Pieces, globals_: tuple[np.ndarray, np.ndarray, np.ndarray], n_
     cuts = np.unique(np.searchsorted(pieces.line, pieces.line[np.arange(1, _SCAN_PARTS) * n // _SCAN_PARTS],
                                      side="left"))
     bounds = [0, *(int(c) for c in cuts if 0 < c < n), n]
-    return np.concatenate(_cores.pulled([partial(part, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
+    return np.concatenate(_cores.on_cores([partial(part, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]))
 
 
 def empty_findings() -> pl.DataFrame:
