@@ -36,7 +36,7 @@ The issue also quotes pycachesim on its machine (0.77 M accesses/s, a Python cal
 With the `bench` extra installed (pip install -e '.[bench]'), pycachesim replays 2 M of the
 trace's accesses so here, and the one-mitigation rate is printed again scaled by the two
 machines' pycachesim speeds. The two scalings disagree on this machine (2026-12-08: pycachesim
-0.70-0.72 M/s, 7-10% slower than the issue's, where the yardstick is 1.7-2.2 times the issue's
+0.70-0.73 M/s, 5-10% slower than the issue's, where the yardstick is 1.7-2.2 times the issue's
 2 s): work that is mostly memory traffic and first touches of fresh pages, such as a read and
 sort, has slowed here far more than the CPU. Both are printed; neither is the machine.
 
@@ -318,7 +318,8 @@ def main() -> None:
                 r = run_child("pycachesim", str(trace), str(min(events, 2_000_000)))
                 pycachesim_rate = r["accesses"] / r["seconds"]
                 label = f"pycachesim: {r['accesses']:,} accesses of the trace, a call each"
-                print(f"{label:<58} {pycachesim_rate / 1e6:>16.2f} M/s   (the issue's machine: 0.77 M/s)", flush=True)
+                print(f"{label:<58} {pycachesim_rate / 1e6:>16.2f} M/s   (the issue's machine: "
+                      f"{_PYCACHESIM_ISSUE_RATE / 1e6:.2f} M/s)", flush=True)
 
         def against_yardstick(seconds: float, limit: float) -> None:
             """The same run as a multiple of the yardstick, beside the target's multiple where the
@@ -335,7 +336,8 @@ def main() -> None:
             against_yardstick(r["seconds"], _ONE_IN_YARDSTICKS)
             if yardstick:  # information, no verdict: which reading the target means is open (#5)
                 print(f"{'  in first-run yardsticks (both timed as first runs)':<58} "
-                      f"{r['seconds'] / first_yardstick:>21.2f}x  (0.625x is the target's multiple)", flush=True)
+                      f"{r['seconds'] / first_yardstick:>21.2f}x  ({_ONE_IN_YARDSTICKS:.3g}x is the target's multiple)",
+                      flush=True)
             if pycachesim_rate:
                 scaled = rate * _PYCACHESIM_ISSUE_RATE / pycachesim_rate
                 row("  scaled to the issue's machine by pycachesim's speed", f"{scaled / 1e6:.2f} M ev/s",
