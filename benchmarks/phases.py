@@ -42,14 +42,19 @@ from pathlib import Path
 STEPS = ("read", "resolve", "mitigate", "order", "cut", "scan", "findings", "write")
 
 
-def _usage() -> tuple[float, float, int]:
-    """CPU seconds (user and kernel), kernel CPU seconds, minor page faults, of this process."""
+def _now() -> tuple[float, float, float, int]:
+    """Wall seconds, CPU seconds (user and kernel), kernel CPU seconds, minor page faults, of
+    this process so far: a step's figures are the differences of two of these."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
+    return time.perf_counter(), r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
+
+
+def _since(start: tuple) -> list:
+    return [b - a for a, b in zip(start, _now())]
 
 
 def child(trace: str, mitigation: str) -> dict:
-    """One analysis in this process, its steps timed (wall, CPU, faults, summed per step)."""
+    """One analysis in this process, its steps timed (wall, CPU, kernel CPU, faults, summed per step)."""
     from tracekit import schema
     from tracekit.engine import fast
 
@@ -61,16 +66,11 @@ def child(trace: str, mitigation: str) -> dict:
     def timed(step: str, f):
         @functools.wraps(f)
         def run(*a, **k):
-            t, (c, k0, p) = time.perf_counter(), _usage()
+            start = _now()
             try:
                 return f(*a, **k)
             finally:
-                c2, k2, p2 = _usage()
-                total = totals[step]
-                total[0] += time.perf_counter() - t
-                total[1] += c2 - c
-                total[2] += k2 - k0
-                total[3] += p2 - p
+                totals[step] = [t + d for t, d in zip(totals[step], _since(start))]
         return run
 
     analyze_module._load_trace = timed("read", analyze_module._load_trace)
@@ -84,11 +84,10 @@ def child(trace: str, mitigation: str) -> dict:
     schema.TableWriter.write = timed("write", schema.TableWriter.write)
     schema.TableWriter.finish = timed("write", schema.TableWriter.finish)
     with tempfile.TemporaryDirectory(prefix="tracekit-phases-") as tmp:
-        t, (c, k0, p) = time.perf_counter(), _usage()
+        start = _now()
         found = analyze_module.analyze(trace, [mitigation], output=Path(tmp) / "findings.parquet")
-        wall = time.perf_counter() - t
-        c2, k2, p2 = _usage()
-    return {"steps": totals, "wall": wall, "cpu": c2 - c, "kernel": k2 - k0, "faults": p2 - p,
+        wall, cpu, kernel, faults = _since(start)
+    return {"steps": totals, "wall": wall, "cpu": cpu, "kernel": kernel, "faults": faults,
             "findings": found.compact_findings.height, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
