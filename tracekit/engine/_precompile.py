@@ -1,7 +1,7 @@
 """A first run's compilation shared with the idle core.
 
 With an empty numba cache (the first run after installing or upgrading tracekit) every
-kernel is compiled at its first call, one after another on one core: 9-10 s for 1 M events
+kernel is compiled at its first call, one after another on one core: 8-10 s for 1 M events
 on the benchmark machine, 4.1 s of them the scan's. numba compiles under a process-wide lock,
 so a thread cannot help; another process can. When the scan's cache is cold, `start_if_cold`
 (called while the trace is read) starts this file as a script, which compiles the scan into
